@@ -1,0 +1,13 @@
+//! OCI image types: digests, media types, descriptors, manifests, indexes and configs.
+
+mod digest;
+mod types;
+
+pub use digest::{Digest, DigestError, HashingWriter};
+pub use types::{
+    Descriptor, Empty, HealthCheck, History, ImageConfig, ImageIndex, ImageManifest, MediaType, Platform,
+    RootFs, RuntimeConfig, to_canonical_json,
+};
+
+/// Annotation naming the tag of a manifest in an OCI layout's `index.json`.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";

@@ -6,7 +6,10 @@
 //! files) → `layer` (deterministic tar, compression, packing) → `image` (config,
 //! manifest, index) → `output` (OCI layout, docker-archive, docker daemon).
 
+pub mod base;
 pub mod cache;
+pub mod http;
 pub mod layer;
 pub mod manifest;
+pub mod memo;
 pub mod oci;

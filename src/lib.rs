@@ -13,3 +13,12 @@ pub mod layer;
 pub mod manifest;
 pub mod memo;
 pub mod oci;
+pub mod progress;
+
+/// Where tests keep downloads worth reusing between runs (wheels, Debian bases):
+/// `$GALLEY_TEST_CACHE`, else `target/test-cache` in the repository.
+#[cfg(test)]
+pub(crate) fn test_cache_dir() -> std::path::PathBuf {
+    std::env::var_os("GALLEY_TEST_CACHE")
+        .map_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache"), Into::into)
+}

@@ -96,6 +96,19 @@ impl fmt::Debug for LayerPath {
     }
 }
 
+impl serde::Serialize for LayerPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LayerPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::new(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where a regular file's bytes come from.
 #[derive(Clone, Debug)]
 pub enum Source {

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod memo;
 pub mod oci;
 pub mod progress;
+pub mod registry;
 
 /// Where tests keep downloads worth reusing between runs (wheels, Debian bases):
 /// `$GALLEY_TEST_CACHE`, else `target/test-cache` in the repository.

@@ -116,6 +116,11 @@ impl<W: Write> HashingWriter<W> {
         self.written
     }
 
+    /// The digest of what was written so far; writing may go on.
+    pub fn digest(&self) -> Digest {
+        Digest::from_hasher(self.hasher.clone())
+    }
+
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
@@ -171,6 +176,7 @@ mod tests {
         let mut w = HashingWriter::new(Vec::new());
         w.write_all(b"hel").unwrap();
         w.write_all(b"lo").unwrap();
+        assert_eq!(w.digest(), Digest::of(b"hello"));
         let (d, n, inner) = w.finish();
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(n, 5);

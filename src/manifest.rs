@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::layer::LayerPath;
 use crate::oci::{HealthCheck, Platform};
+use crate::registry::ImageRef;
 
 pub const MANIFEST_FILE: &str = "galley.toml";
 
@@ -50,6 +51,7 @@ struct RawImage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawBase {
+    image: Option<String>,
     oci: Option<String>,
     archive: Option<String>,
     rootfs: Option<String>,
@@ -156,6 +158,8 @@ pub enum BaseSpec {
     Rootfs { path: PathBuf },
     /// A Debian root filesystem made by mmdebstrap.
     Debian { suite: String, packages: Vec<String>, variant: String, mirror: Option<String> },
+    /// An image in a registry, by tag and/or digest (`python:3.11-slim`, `ghcr.io/org/base@sha256:...`).
+    Registry { reference: ImageRef },
 }
 
 #[derive(Debug, Clone)]
@@ -315,12 +319,16 @@ impl Validator<'_> {
     }
 
     fn base(&self, raw: RawBase) -> Result<BaseSpec, ManifestError> {
-        let given = [raw.oci.is_some(), raw.archive.is_some(), raw.rootfs.is_some(), raw.debian.is_some()];
+        let given = [raw.image.is_some(), raw.oci.is_some(), raw.archive.is_some(), raw.rootfs.is_some(), raw.debian.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(self.invalid(
                 "[base]",
-                "set exactly one of `oci = \"dir:tag\"`, `archive = \"image.tar\"`, `rootfs = \"dir-or-tar\"` or `debian = { suite = \"bookworm\", packages = [...] }`",
+                "set exactly one of `image = \"registry/repo:tag\"`, `oci = \"dir:tag\"`, `archive = \"image.tar\"`, `rootfs = \"dir-or-tar\"` or `debian = { suite = \"bookworm\", packages = [...] }`",
             ));
+        }
+        if let Some(image) = raw.image {
+            let reference = image.parse().map_err(|e: crate::registry::ReferenceError| self.invalid("[base] `image`", e.to_string()))?;
+            return Ok(BaseSpec::Registry { reference });
         }
         if let Some(oci) = raw.oci {
             let (rel, reference) = match oci.rsplit_once(':') {
@@ -601,6 +609,17 @@ mod tests {
         assert!(err.contains("[[files]] #1 `src`: `srcc` does not exist"), "{err}");
         let err = parse("[image]\nname = \"x\"\n[base]\nrootfs = \"nope.tar\"\n").unwrap_err().to_string();
         assert!(err.contains("[base] `rootfs`: `nope.tar` does not exist"), "{err}");
+    }
+
+    #[test]
+    fn registry_bases_are_references() {
+        let m = parse("[image]\nname = \"x\"\n[base]\nimage = \"python:3.11-slim\"\n").unwrap();
+        let BaseSpec::Registry { reference } = m.base else { panic!("{:?}", m.base) };
+        assert_eq!(reference.to_string(), "docker.io/library/python:3.11-slim");
+        let err = parse("[image]\nname = \"x\"\n[base]\nimage = \"Python:3\"\n").unwrap_err().to_string();
+        assert!(err.contains("[base] `image`: `Python:3` is not an image reference"), "{err}");
+        let err = parse("[image]\nname = \"x\"\n[base]\nimage = \"a\"\nrootfs = \"rootfs.tar\"\n").unwrap_err().to_string();
+        assert!(err.contains("set exactly one of `image"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::cache::{Cache, CacheError};
 use crate::layer::{Compression, LayerError, PackedLayer, RootfsIndex};
 use crate::manifest::BaseSpec;
 use crate::oci::{Digest, History, ImageConfig, Platform, RootFs, RuntimeConfig};
+use crate::progress::Reporter;
+use crate::registry::{self, Client, ImageRef, RegistryError, RegistryOptions};
 
 pub use debian::MMDEBSTRAP_INSTALL_HINT;
 pub use probe::Interpreter;
@@ -44,12 +46,17 @@ pub enum BaseError {
     Layer(#[from] LayerError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("[base] image: {0}")]
+    Registry(#[from] RegistryError),
 }
 
 impl BaseError {
     /// Whether the fault lies in what the user pointed at (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::NotAnImage { .. } | Self::EscapingSymlink { .. })
+        match self {
+            Self::Registry(e) => e.is_usage(),
+            _ => matches!(self, Self::NotAnImage { .. } | Self::EscapingSymlink { .. }),
+        }
     }
 }
 
@@ -124,8 +131,16 @@ impl ImportContext<'_> {
 }
 
 /// Imports the base named by `spec`, reusing the cache when its inputs are unchanged.
+/// Registry bases are pulled with docker's defaults (its config.json credentials,
+/// `/etc/docker/certs.d`); [`import_using`] takes a configured client.
 pub fn import(spec: &BaseSpec, ctx: &ImportContext<'_>) -> Result<Base, BaseError> {
+    import_using(spec, ctx, &Client::new(RegistryOptions::default()))
+}
+
+/// [`import`], pulling registry bases with `registry`.
+pub fn import_using(spec: &BaseSpec, ctx: &ImportContext<'_>, registry: &Client) -> Result<Base, BaseError> {
     match spec {
+        BaseSpec::Registry { reference } => import_from_registry(reference, ctx, registry),
         BaseSpec::OciLayout { path, reference } => {
             let what = format!("[base] oci {}", path.display());
             oci::import(&source::ImageFiles::Dir(path.clone()), reference.as_deref(), &what, ctx)
@@ -133,6 +148,27 @@ pub fn import(spec: &BaseSpec, ctx: &ImportContext<'_>) -> Result<Base, BaseErro
         BaseSpec::Archive { path } => oci::import_archive(path, ctx),
         BaseSpec::Rootfs { path } => rootfs::import(path, ctx),
         BaseSpec::Debian { .. } => debian::import(spec, ctx),
+    }
+}
+
+/// Pulls the image for the wanted platform (verified, cached by digest: a pinned
+/// reference with every blob in the store needs no network), then imports it from an
+/// OCI layout of hard links in the cache.
+fn import_from_registry(reference: &ImageRef, ctx: &ImportContext<'_>, client: &Client) -> Result<Base, BaseError> {
+    let pulled = registry::pull(client, ctx.cache, reference, ctx.platform, &BytesReporter(ctx.on_bytes))?;
+    let layout = pulled.cached_layout(ctx.cache)?;
+    let what = format!("[base] image {reference}");
+    let mut base = oci::import(&source::ImageFiles::Dir(layout), None, &what, ctx)?;
+    base.description = format!("{}@{}", ImageRef::new(reference.repository().clone(), reference.tag().cloned(), None), pulled.digest);
+    Ok(base)
+}
+
+/// Forwards download progress to the import's byte counter.
+struct BytesReporter<'a>(&'a (dyn Fn(u64) + Sync));
+
+impl Reporter for BytesReporter<'_> {
+    fn on_task_progress(&self, _id: usize, bytes: u64) {
+        (self.0)(bytes);
     }
 }
 

@@ -275,6 +275,8 @@ impl Host {
             ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => {
                 RegistryError::Tls { registry, detail }
             }
+            // rustls failures reach ureq as invalid-data I/O errors ("invalid peer certificate: ...").
+            ureq::Error::Io(ref io) if io.kind() == io::ErrorKind::InvalidData => RegistryError::Tls { registry, detail },
             ureq::Error::HostNotFound => RegistryError::UnknownHost { registry, detail },
             _ => RegistryError::Connection { registry, url: without_query(url), detail },
         }

@@ -1,0 +1,757 @@
+//! Pushing and pulling against a real registry (Debian's `docker-registry`, i.e.
+//! distribution 2.8) started on a free loopback port, read back with skopeo, through
+//! a counting / fault-injecting TCP proxy where the test needs to see or break traffic.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use galley::base::{self, ImportContext};
+use galley::cache::Cache;
+use galley::layer::{Compression, Entry, EntryKind, LayerPath, LayerSpec, PackedLayer, Source, finalize_entries, pack_cached};
+use galley::manifest::BaseSpec;
+use galley::oci::{
+    ANNOTATION_REF_NAME, Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, MediaType, Platform, RootFs, to_canonical_json,
+};
+use galley::registry::{self, Client, Credential, ImageRef, PushOptions, PushReport, RegistryError, RegistryOptions, Repository};
+
+// ---------------------------------------------------------------------------------
+// A real registry, stopped by pid when dropped.
+
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Tls {
+    ca: PathBuf,
+    user: &'static str,
+    password: &'static str,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Registry {
+    fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With `secure`: TLS from a CA made here, and htpasswd auth for `galley` / `s3cret-pw`.
+    fn start_with(secure: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: galley-test-secret\n",
+            dir.path().join("storage").display()
+        );
+        if secure {
+            make_certificates(dir.path());
+            let htpasswd = run(Command::new("htpasswd").args(["-Bbn", "galley", "s3cret-pw"]));
+            std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+            config.push_str(&format!(
+                "  tls:\n    certificate: {0}/server.crt\n    key: {0}/server.key\nauth:\n  htpasswd:\n    realm: galley-test\n    path: {0}/htpasswd\n",
+                dir.path().display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        let registry = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start: {}", registry.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn repo(&self, name: &str) -> Repository {
+        format!("{}/{name}", self.host()).parse().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn tls(&self) -> Tls {
+        Tls { ca: self.dir.path().join("ca.crt"), user: "galley", password: "s3cret-pw" }
+    }
+
+    /// The data file of a blob in the registry's filesystem storage.
+    fn blob_data(&self, digest: &Digest) -> PathBuf {
+        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{}/data", &digest.hex()[..2], digest.hex()))
+    }
+}
+
+fn make_certificates(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl").current_dir(dir).args(["req", "-x509"]).args(ec).args([
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=galley test CA",
+    ]));
+    run(Command::new("openssl").current_dir(dir).arg("req").args(ec).args([
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+    ]));
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl").current_dir(dir).args([
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days",
+        "2", "-extfile", "ext.cnf",
+    ]));
+}
+
+// ---------------------------------------------------------------------------------
+// A TCP proxy in front of the registry: counts what clients send, and can break once.
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    None,
+    /// Cut the connection that carries byte number N (counted from now) of client traffic.
+    CutAfter(u64),
+    /// Cut the connection `bytes` bytes into the `nth` (from 1) request starting with `method`.
+    CutInRequest { method: &'static str, nth: usize, bytes: usize },
+    /// Answer the `nth` request starting with `method` with 503 instead of forwarding it.
+    Fail503 { method: &'static str, nth: usize },
+    /// Cut every connection once it has carried N bytes of client traffic.
+    CutEveryAfter(u64),
+}
+
+struct Proxy {
+    port: u16,
+    sent: Arc<AtomicU64>,
+    /// The armed fault and how many requests of its method it has seen.
+    fault: Arc<Mutex<(Fault, usize)>>,
+    faults_hit: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+impl Proxy {
+    fn new(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Self {
+            port,
+            sent: Arc::default(),
+            fault: Arc::new(Mutex::new((Fault::None, 0))),
+            faults_hit: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (sent, fault, hit, stop) = (proxy.sent.clone(), proxy.fault.clone(), proxy.faults_hit.clone(), proxy.stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &s2, &mut &c2);
+                    let _ = c2.shutdown(Shutdown::Both);
+                });
+                let (sent, fault, hit) = (sent.clone(), fault.clone(), hit.clone());
+                std::thread::spawn(move || forward(&client, &server, &sent, &fault, &hit));
+            }
+        });
+        proxy
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn repo(&self, name: &str) -> Repository {
+        format!("{}/{name}", self.host()).parse().unwrap()
+    }
+
+    /// Client bytes since the last call.
+    fn take_sent(&self) -> u64 {
+        self.sent.swap(0, Ordering::SeqCst)
+    }
+
+    fn arm(&self, fault: Fault) {
+        self.take_sent();
+        *self.fault.lock().unwrap() = (fault, 0);
+    }
+
+    fn hits(&self) -> usize {
+        self.faults_hit.load(Ordering::SeqCst)
+    }
+}
+
+fn forward(client: &TcpStream, server: &TcpStream, sent: &AtomicU64, fault: &Mutex<(Fault, usize)>, hit: &AtomicUsize) {
+    let cut = || {
+        hit.fetch_add(1, Ordering::SeqCst);
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+    };
+    let mut connection_bytes = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match { client }.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+        connection_bytes += n as u64;
+        let mut state = fault.lock().unwrap();
+        let (armed, count) = &mut *state;
+        // Bytes to forward before cutting, or a canned answer instead of forwarding.
+        let mut action: Option<(usize, Option<&[u8]>)> = None;
+        match *armed {
+            Fault::CutAfter(limit) if before + n as u64 > limit => {
+                action = Some((usize::try_from(limit.saturating_sub(before)).unwrap_or(0), None));
+                *armed = Fault::None;
+            }
+            Fault::CutEveryAfter(limit) if connection_bytes > limit => action = Some((0, None)),
+            Fault::CutInRequest { method, nth, bytes } => {
+                if let Some(at) = request_start(chunk, method) {
+                    *count += 1;
+                    if *count == nth {
+                        action = Some(((at + bytes).min(n), None));
+                        *armed = Fault::None;
+                    }
+                }
+            }
+            Fault::Fail503 { method, nth } => {
+                if let Some(at) = request_start(chunk, method) {
+                    *count += 1;
+                    if *count == nth {
+                        action = Some((at, Some(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")));
+                        *armed = Fault::None;
+                    }
+                }
+            }
+            _ => {}
+        }
+        drop(state);
+        if let Some((keep, answer)) = action {
+            let _ = { server }.write_all(&chunk[..keep]);
+            if let Some(answer) = answer {
+                let _ = { client }.write_all(answer);
+            }
+            return cut();
+        }
+        if { server }.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = server.shutdown(Shutdown::Write);
+}
+
+/// Where a request line for `method` starts in `chunk`, if one does.
+fn request_start(chunk: &[u8], method: &str) -> Option<usize> {
+    let needle = format!("{method} /v2/");
+    chunk.windows(needle.len()).position(|w| w == needle.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------
+// Test images, packed with galley's own layer code, written as OCI layouts.
+
+/// Deterministic incompressible bytes.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn layer(cache: &Cache, name: &str, files: &[(&str, Vec<u8>)]) -> PackedLayer {
+    let mut entries: Vec<Entry> = files
+        .iter()
+        .map(|(path, data)| Entry {
+            path: LayerPath::new(path).unwrap(),
+            kind: EntryKind::File { source: Source::Bytes(Arc::from(data.as_slice())), size: data.len() as u64 },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+        })
+        .collect();
+    finalize_entries(name, &mut entries).unwrap();
+    let key_text: String = files.iter().map(|(p, d)| format!("{p} {}\n", Digest::of(d))).collect();
+    let spec = LayerSpec { key: Digest::of(key_text.as_bytes()), description: name.into(), entries };
+    pack_cached(cache, &spec, Compression::Gzip, &|_| {}).unwrap().0
+}
+
+struct Image {
+    manifest: Descriptor,
+    config: Descriptor,
+    layers: Vec<PackedLayer>,
+}
+
+fn image(cache: &Cache, platform: &str, layers: Vec<PackedLayer>) -> Image {
+    let platform: Platform = platform.parse().unwrap();
+    let config = ImageConfig {
+        created: Some("1970-01-01T00:00:00Z".into()),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        rootfs: RootFs { kind: "layers".into(), diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect() },
+        ..ImageConfig::default()
+    };
+    let config_bytes = to_canonical_json(&config);
+    let config = Descriptor::new(MediaType::OciConfig, cache.put_blob_bytes(&config_bytes).unwrap(), config_bytes.len() as u64);
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(MediaType::OciManifest),
+        config: config.clone(),
+        layers: layers.iter().map(PackedLayer::descriptor).collect(),
+        annotations: BTreeMap::new(),
+    };
+    let bytes = to_canonical_json(&manifest);
+    let descriptor = Descriptor {
+        platform: Some(platform),
+        ..Descriptor::new(MediaType::OciManifest, cache.put_blob_bytes(&bytes).unwrap(), bytes.len() as u64)
+    };
+    Image { manifest: descriptor, config, layers }
+}
+
+fn index_of(cache: &Cache, images: &[&Image]) -> Descriptor {
+    let index = ImageIndex {
+        schema_version: 2,
+        media_type: Some(MediaType::OciIndex),
+        manifests: images.iter().map(|i| i.manifest.clone()).collect(),
+        annotations: BTreeMap::new(),
+    };
+    let bytes = to_canonical_json(&index);
+    Descriptor::new(MediaType::OciIndex, cache.put_blob_bytes(&bytes).unwrap(), bytes.len() as u64)
+}
+
+/// An OCI layout holding `entries` (tag, manifest or index) and every blob they reach.
+fn write_layout(cache: &Cache, dir: &Path, entries: &[(Option<&str>, &Descriptor)]) {
+    fn copy_tree(cache: &Cache, dir: &Path, d: &Descriptor) {
+        let dest = dir.join("blobs/sha256").join(d.digest.hex());
+        if !dest.exists() {
+            std::fs::copy(cache.blob_path(&d.digest), &dest).unwrap();
+        }
+        let bytes = std::fs::read(cache.blob_path(&d.digest)).unwrap();
+        if d.media_type.is_index() {
+            let index: ImageIndex = serde_json::from_slice(&bytes).unwrap();
+            index.manifests.iter().for_each(|c| copy_tree(cache, dir, c));
+        } else if d.media_type.is_manifest() {
+            let manifest: ImageManifest = serde_json::from_slice(&bytes).unwrap();
+            std::iter::once(&manifest.config).chain(&manifest.layers).for_each(|b| copy_tree(cache, dir, b));
+        }
+    }
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut manifests = Vec::new();
+    for (tag, descriptor) in entries {
+        copy_tree(cache, dir, descriptor);
+        let mut d = (*descriptor).clone();
+        if let Some(tag) = tag {
+            d.annotations.insert(ANNOTATION_REF_NAME.into(), (*tag).into());
+        }
+        manifests.push(d);
+    }
+    let index = ImageIndex { schema_version: 2, media_type: Some(MediaType::OciIndex), manifests, annotations: BTreeMap::new() };
+    std::fs::write(dir.join("index.json"), to_canonical_json(&index)).unwrap();
+}
+
+/// The three-layer test image: small base files, a 24 MiB incompressible layer, and an app file.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    layout: PathBuf,
+    image: Image,
+    big: PackedLayer,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn fixture(app_version: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("cache")).unwrap();
+    let base = layer(&cache, "base", &[("etc/os-release", b"ID=galley-test\n".to_vec()), ("bin/tool", random_bytes(1, 3000))]);
+    let big = layer(&cache, "big", &[("opt/weights.bin", random_bytes(2, 24 * MIB as usize))]);
+    let app = layer(&cache, "app", &[("app/main.py", format!("print('{app_version}')\n").into_bytes())]);
+    let image = image(&cache, &Platform::host().to_string(), vec![base, big.clone(), app]);
+    let layout = dir.path().join("layout");
+    write_layout(&cache, &layout, &[(Some("v1"), &image.manifest)]);
+    Fixture { _dir: dir, layout, image, big }
+}
+
+fn options() -> RegistryOptions {
+    RegistryOptions { docker_config: None, certs_dir: None, attempts: 3, ..RegistryOptions::default() }
+}
+
+/// Small chunks, so the 24 MiB layer goes up in six PATCH requests.
+fn chunked() -> PushOptions {
+    PushOptions { monolithic_limit: 4 * MIB, chunk_size: 4 * MIB, ..PushOptions::default() }
+}
+
+fn push(fixture: &Fixture, cache: &Cache, repo: &Repository, client: &Client) -> Result<PushReport, RegistryError> {
+    registry::push_layout(client, cache, &fixture.layout, repo, &chunked(), &())
+}
+
+fn skopeo(args: &[&str]) -> String {
+    run(Command::new("skopeo").args(args))
+}
+
+/// The manifest digest skopeo sees for a reference on an insecure registry.
+fn skopeo_digest(reference: &str) -> Digest {
+    let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")]);
+    Digest::of(raw.as_bytes())
+}
+
+fn fresh_cache() -> (tempfile::TempDir, Cache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    (dir, cache)
+}
+
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn push_reads_back_identically_and_a_repush_sends_only_what_changed() {
+    let registry = Registry::start();
+    let proxy = Proxy::new(registry.port);
+    let fixture = fixture("v1");
+    let client = Client::new(options());
+    let repo = proxy.repo("galley/app");
+    let (_d, cache) = fresh_cache();
+
+    let report = push(&fixture, &cache, &repo, &client).unwrap();
+    assert_eq!((report.blobs_uploaded, report.blobs_skipped, report.blobs_mounted), (4, 0, 0));
+    assert_eq!((report.manifests_uploaded, report.tags_updated), (1, 1));
+    let total: u64 = fixture.image.layers.iter().map(|l| l.size).sum::<u64>() + fixture.image.config.size;
+    assert_eq!(report.bytes_uploaded, total);
+    assert_eq!(report.images.len(), 1);
+    assert_eq!(report.images[0].digest, fixture.image.manifest.digest);
+    assert_eq!(report.images[0].tagged[0].to_string(), format!("{repo}:v1@{}", fixture.image.manifest.digest));
+
+    // An independent client sees the same manifest, and copies every blob with verified digests.
+    assert_eq!(skopeo_digest(&format!("{repo}:v1")), fixture.image.manifest.digest);
+    let copy = tempfile::tempdir().unwrap();
+    let dest = format!("oci:{}:v1", copy.path().display());
+    skopeo(&["copy", "--src-tls-verify=false", "--preserve-digests", &format!("docker://{repo}:v1"), &dest]);
+    let index: ImageIndex = serde_json::from_slice(&std::fs::read(copy.path().join("index.json")).unwrap()).unwrap();
+    assert_eq!(index.manifests[0].digest, fixture.image.manifest.digest);
+    for l in &fixture.image.layers {
+        let bytes = std::fs::read(copy.path().join("blobs/sha256").join(l.digest.hex())).unwrap();
+        assert_eq!(Digest::of(&bytes), l.digest);
+    }
+
+    // Unchanged: only HEAD requests go out.
+    proxy.take_sent();
+    let again = push(&fixture, &cache, &repo, &client).unwrap();
+    assert_eq!((again.blobs_uploaded, again.blobs_skipped, again.bytes_uploaded), (0, 4, 0));
+    assert_eq!((again.manifests_uploaded, again.manifests_skipped, again.tags_updated), (0, 1, 0));
+    let sent = proxy.take_sent();
+    assert!(sent < 32 * 1024, "a re-push sent {sent} bytes");
+
+    // One small layer changed: only it, the config and the manifest go up; the tag moves.
+    let changed = self::fixture("v2");
+    let report = push(&changed, &cache, &repo, &client).unwrap();
+    let app = &changed.image.layers[2];
+    assert_eq!((report.blobs_uploaded, report.blobs_skipped), (2, 2));
+    assert_eq!(report.bytes_uploaded, app.size + changed.image.config.size);
+    assert_eq!((report.manifests_uploaded, report.tags_updated), (1, 1));
+    let sent = proxy.take_sent();
+    assert!(sent < 64 * 1024, "a one-file change sent {sent} bytes");
+    assert_eq!(skopeo_digest(&format!("{repo}:v1")), changed.image.manifest.digest);
+}
+
+#[test]
+fn dropped_connections_mid_layer_are_survived_and_the_image_is_intact() {
+    let registry = Registry::start();
+    let proxy = Proxy::new(registry.port);
+    let fixture = fixture("v1");
+    let client = Client::new(options());
+
+    // Cut inside the body of a chunk: distribution 2.8 then refuses to continue that
+    // upload (its upload state no longer matches what it stored), so galley starts over.
+    let (_d, cache) = fresh_cache();
+    let repo = proxy.repo("galley/cut-mid-chunk");
+    proxy.arm(Fault::CutAfter(10 * MIB));
+    let report = push(&fixture, &cache, &repo, &client).unwrap();
+    assert_eq!(proxy.hits(), 1);
+    assert_eq!((report.uploads_resumed, report.uploads_restarted), (0, 1), "{report:?}");
+    assert_eq!(skopeo_digest(&format!("{repo}:v1")), fixture.image.manifest.digest);
+
+    // Cut between chunks (the third PATCH's request line): the registry holds exactly
+    // two chunks, reports them, and the upload goes on from there.
+    let (_d, cache) = fresh_cache();
+    let repo = proxy.repo("galley/cut-between-chunks");
+    proxy.arm(Fault::CutInRequest { method: "PATCH", nth: 3, bytes: 10 });
+    let report = push(&fixture, &cache, &repo, &client).unwrap();
+    assert_eq!(proxy.hits(), 2);
+    assert_eq!((report.uploads_resumed, report.uploads_restarted), (1, 0), "{report:?}");
+    let total: u64 = fixture.image.layers.iter().map(|l| l.size).sum::<u64>() + fixture.image.config.size;
+    // At most the chunk in flight when the connection broke is sent twice.
+    assert!(report.bytes_uploaded <= total + 4 * MIB, "{} bytes for {total}", report.bytes_uploaded);
+
+    // Read back with galley into an empty store: every blob verified against its digest.
+    let (_d, fresh) = fresh_cache();
+    for name in ["galley/cut-mid-chunk", "galley/cut-between-chunks"] {
+        let reference: ImageRef = format!("{}:v1", registry.repo(name)).parse().unwrap();
+        let pulled = registry::pull(&client, &fresh, &reference, None, &()).unwrap();
+        assert_eq!(pulled.manifest.digest, fixture.image.manifest.digest);
+        assert_eq!(pulled.layers, fixture.image.layers.iter().map(PackedLayer::descriptor).collect::<Vec<_>>());
+    }
+    assert!(fresh.has_blob(&fixture.big.digest));
+}
+
+#[test]
+fn a_failed_push_leaves_no_tag_and_the_next_push_uploads_only_what_is_missing() {
+    let registry = Registry::start();
+    let proxy = Proxy::new(registry.port);
+    let fixture = fixture("v1");
+    let client = Client::new(RegistryOptions { attempts: 2, ..options() });
+    let (_d, cache) = fresh_cache();
+    let repo = proxy.repo("galley/partial");
+
+    proxy.arm(Fault::CutEveryAfter(6 * MIB));
+    let err = push(&fixture, &cache, &repo, &client).unwrap_err();
+    assert!(matches!(err, RegistryError::Connection { .. }), "{err:?}");
+    assert!(err.to_string().contains(&proxy.host()), "{err}");
+    let reference: ImageRef = format!("{repo}:v1").parse().unwrap();
+    let missing = client.resolve(&reference).unwrap_err();
+    assert!(matches!(missing, RegistryError::ManifestUnknown { .. }), "the tag exists after a failed push: {missing:?}");
+
+    proxy.arm(Fault::None);
+    let report = push(&fixture, &cache, &repo, &client).unwrap();
+    assert_eq!((report.blobs_uploaded, report.blobs_skipped), (1, 3), "only the big layer was missing: {report:?}");
+    assert_eq!(report.bytes_uploaded, fixture.big.size);
+    assert_eq!(client.resolve(&reference).unwrap().digest, fixture.image.manifest.digest);
+}
+
+#[test]
+fn a_503_is_retried() {
+    let registry = Registry::start();
+    let proxy = Proxy::new(registry.port);
+    let fixture = fixture("v1");
+    let client = Client::new(options());
+    let (_d, cache) = fresh_cache();
+    proxy.arm(Fault::Fail503 { method: "HEAD", nth: 1 });
+    let report = push(&fixture, &cache, &proxy.repo("galley/flaky"), &client).unwrap();
+    assert_eq!(proxy.hits(), 1);
+    assert_eq!(report.blobs_uploaded, 4);
+}
+
+#[test]
+fn blobs_are_mounted_from_another_repository_of_the_same_registry() {
+    let registry = Registry::start();
+    let fixture = fixture("v1");
+    let client = Client::new(options());
+    let (_d, cache) = fresh_cache();
+    push(&fixture, &cache, &registry.repo("team/first"), &client).unwrap();
+    let report = push(&fixture, &cache, &registry.repo("team/second"), &client).unwrap();
+    assert_eq!((report.blobs_mounted, report.blobs_uploaded, report.bytes_uploaded), (4, 0, 0), "{report:?}");
+    assert_eq!(skopeo_digest(&format!("{}:v1", registry.repo("team/second"))), fixture.image.manifest.digest);
+}
+
+#[test]
+fn an_index_is_pushed_after_its_manifests_with_every_tag() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("cache")).unwrap();
+    let shared = layer(&cache, "shared", &[("etc/shared", b"both platforms".to_vec())]);
+    let amd = image(&cache, "linux/amd64", vec![shared.clone(), layer(&cache, "amd", &[("bin/x", b"amd64".to_vec())])]);
+    let arm = image(&cache, "linux/arm64/v8", vec![shared, layer(&cache, "arm", &[("bin/x", b"arm64".to_vec())])]);
+    let index = index_of(&cache, &[&amd, &arm]);
+    let layout = dir.path().join("layout");
+    write_layout(&cache, &layout, &[(Some("multi"), &index), (Some("latest"), &index), (Some("amd64-only"), &amd.manifest)]);
+    let client = Client::new(options());
+    let repo = registry.repo("galley/multi");
+    let report = registry::push_layout(&client, &cache, &layout, &repo, &PushOptions::default(), &()).unwrap();
+    assert_eq!((report.blobs_uploaded, report.manifests_uploaded, report.tags_updated), (5, 3, 3), "{report:?}");
+    assert_eq!(report.images.len(), 2);
+    assert_eq!(report.images[0].media_type, MediaType::OciIndex);
+    let tags: Vec<String> = report.images[0].tagged.iter().map(|r| r.tag().unwrap().to_string()).collect();
+    assert_eq!(tags, ["latest", "multi"]);
+    assert_eq!(skopeo_digest(&format!("{repo}:multi")), index.digest);
+    assert_eq!(skopeo_digest(&format!("{repo}@{}", arm.manifest.digest)), arm.manifest.digest);
+
+    // Tags from the caller replace the layout's, but only for a layout with one image.
+    let err = registry::push_layout(&client, &cache, &layout, &repo, &PushOptions { tags: Some(vec!["x".parse().unwrap()]), ..PushOptions::default() }, &())
+        .unwrap_err();
+    assert!(err.is_usage() && err.to_string().contains("holds 2 images"), "{err}");
+}
+
+#[test]
+fn tls_with_a_private_ca_and_htpasswd_auth() {
+    let registry = Registry::start_with(true);
+    let tls = registry.tls();
+    let fixture = fixture("v1");
+    let (_d, cache) = fresh_cache();
+    let repo = registry.repo("secure/app");
+    let host = registry.host();
+    let basic = |password: &str| BTreeMap::from([(host.clone(), Credential::Basic { username: tls.user.into(), password: password.into() })]);
+
+    // No CA: the certificate cannot be verified, and the message says what to do.
+    let client = Client::new(RegistryOptions { credentials: basic(tls.password), ..options() });
+    let err = push(&fixture, &cache, &repo, &client).unwrap_err();
+    assert!(matches!(err, RegistryError::Tls { .. }) && err.is_usage(), "{err:?}");
+    assert!(err.to_string().contains("--registry-ca") && err.to_string().contains(&host), "{err}");
+
+    // Wrong password: named registry, named user, no secret.
+    let client = Client::new(RegistryOptions { ca_files: vec![tls.ca.clone()], credentials: basic("wrong-horse-battery"), ..options() });
+    let err = push(&fixture, &cache, &repo, &client).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }) && err.is_usage(), "{err:?}");
+    assert!(message.contains(&host) && message.contains("user `galley`") && message.contains("docker login"), "{message}");
+    assert!(!message.contains("wrong-horse-battery") && !format!("{err:?}").contains("wrong-horse-battery"), "{message}");
+
+    // No credentials at all.
+    let client = Client::new(RegistryOptions { ca_files: vec![tls.ca.clone()], ..options() });
+    let err = push(&fixture, &cache, &repo, &client).unwrap_err().to_string();
+    assert!(err.contains("requires credentials"), "{err}");
+
+    // Right password, CA from docker's certs.d layout: the push lands.
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(certs.path().join(&host)).unwrap();
+    std::fs::copy(&tls.ca, certs.path().join(&host).join("ca.crt")).unwrap();
+    let client = Client::new(RegistryOptions { certs_dir: Some(certs.path().to_owned()), credentials: basic(tls.password), ..options() });
+    let report = push(&fixture, &cache, &repo, &client).unwrap();
+    assert_eq!(report.blobs_uploaded, 4);
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        &certs.path().join(&host).display().to_string(),
+        "--creds",
+        &format!("{}:{}", tls.user, tls.password),
+        &format!("docker://{repo}:v1"),
+    ]);
+    assert_eq!(Digest::of(raw.as_bytes()), fixture.image.manifest.digest);
+
+    // Credentials from docker's config.json; pull back over TLS.
+    let config_dir = tempfile::tempdir().unwrap();
+    let auth = base64_encode(&format!("{}:{}", tls.user, tls.password));
+    std::fs::write(config_dir.path().join("config.json"), format!(r#"{{"auths":{{"https://{host}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+    let client = Client::new(RegistryOptions {
+        ca_files: vec![tls.ca.clone()],
+        docker_config: Some(config_dir.path().join("config.json")),
+        ..options()
+    });
+    let (_d, fresh) = fresh_cache();
+    let pulled = registry::pull(&client, &fresh, &format!("{repo}:v1").parse().unwrap(), None, &()).unwrap();
+    assert_eq!(pulled.manifest.digest, fixture.image.manifest.digest);
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn import(cache: &Cache, reference: &str, platform: Option<&Platform>, client: &Client) -> Result<base::Base, base::BaseError> {
+    let ctx = ImportContext { cache, compression: Compression::Gzip, platform, epoch: None, show_tool_output: false, on_bytes: &|_| {} };
+    base::import_using(&BaseSpec::Registry { reference: reference.parse().unwrap() }, &ctx, client)
+}
+
+#[test]
+fn bases_pushed_by_skopeo_are_pulled_imported_and_pinned() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("cache")).unwrap();
+    let os = layer(&cache, "os", &[("etc/os-release", b"ID=debian\n".to_vec()), ("usr/bin/python3", random_bytes(3, 5000))]);
+    let amd = image(&cache, "linux/amd64", vec![os.clone(), layer(&cache, "amd", &[("lib/x", b"amd".to_vec())])]);
+    let arm = image(&cache, "linux/arm64", vec![os, layer(&cache, "arm", &[("lib/x", b"arm".to_vec())])]);
+    let index = index_of(&cache, &[&amd, &arm]);
+    let layout = dir.path().join("layout");
+    write_layout(&cache, &layout, &[(Some("multi"), &index)]);
+    let repo = registry.repo("bases/python");
+    skopeo(&["copy", "--all", "--dest-tls-verify=false", &format!("oci:{}:multi", layout.display()), &format!("docker://{repo}:multi")]);
+
+    let client = Client::new(options());
+    let (_d, store) = fresh_cache();
+    let arm64: Platform = "linux/arm64".parse().unwrap();
+    let base = import(&store, &format!("{repo}:multi"), Some(&arm64), &client).unwrap();
+    assert_eq!(base.config.architecture, "arm64");
+    assert_eq!(base.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(), arm.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>());
+    assert!(base.index.get(&LayerPath::new("usr/bin/python3").unwrap()).is_some());
+
+    let amd64: Platform = "linux/amd64".parse().unwrap();
+    let base = import(&store, &format!("{repo}:multi"), Some(&amd64), &client).unwrap();
+    assert_eq!(base.config.architecture, "amd64");
+
+    let s390x: Platform = "linux/s390x".parse().unwrap();
+    let err = import(&store, &format!("{repo}:multi"), Some(&s390x), &client).unwrap_err();
+    assert!(err.is_usage(), "{err:?}");
+    assert!(err.to_string().ends_with("no image for linux/s390x; platforms present: linux/amd64, linux/arm64"), "{err}");
+
+    let err = import(&store, &format!("{repo}:no-such-tag"), None, &client).unwrap_err();
+    assert!(err.is_usage() && err.to_string().contains(&format!("{repo}:no-such-tag")), "{err}");
+
+    // Pin the digest, as galley.lock does, then lose the registry: a pinned base whose
+    // blobs are cached needs no network at all.
+    let resolved = client.resolve(&format!("{repo}:multi").parse().unwrap()).unwrap();
+    assert_eq!((resolved.digest.clone(), resolved.media_type.clone()), (index.digest.clone(), MediaType::OciIndex));
+    drop(registry);
+    let pinned = format!("{repo}:multi@{}", resolved.digest);
+    let offline = Client::new(RegistryOptions { attempts: 1, ..options() });
+    let base = import(&store, &pinned, Some(&arm64), &offline).unwrap();
+    assert_eq!(base.config.architecture, "arm64");
+    let pulled = registry::pull(&offline, &store, &pinned.parse().unwrap(), Some(&amd64), &()).unwrap();
+    assert_eq!((pulled.downloaded, pulled.manifest.digest.clone()), (0, amd.manifest.digest.clone()));
+}
+
+#[test]
+fn a_corrupted_blob_is_rejected_and_nothing_is_kept() {
+    let registry = Registry::start();
+    let fixture = fixture("v1");
+    let client = Client::new(options());
+    let (_d, cache) = fresh_cache();
+    let repo = registry.repo("galley/corrupt");
+    push(&fixture, &cache, &repo, &client).unwrap();
+    let app = &fixture.image.layers[2];
+    let data = registry.blob_data(&app.digest);
+    let garbage = random_bytes(99, usize::try_from(app.size).unwrap());
+    std::fs::write(&data, &garbage).unwrap();
+
+    let (_d, fresh) = fresh_cache();
+    let err = registry::pull(&client, &fresh, &format!("{repo}:v1").parse().unwrap(), None, &()).unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains(&app.digest.to_string()) && err.to_string().contains("nothing was kept"), "{err}");
+    assert!(!fresh.has_blob(&app.digest) && !fresh.has_blob(&Digest::of(&garbage)));
+    assert_eq!(std::fs::read_dir(fresh.root().join("tmp")).unwrap().count(), 0);
+}

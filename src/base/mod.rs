@@ -23,6 +23,7 @@ use crate::registry::{self, Client, ImageRef, RegistryError, RegistryOptions};
 
 pub use debian::MMDEBSTRAP_INSTALL_HINT;
 pub use probe::Interpreter;
+pub use source::ImageFiles;
 
 /// PATH for bases that bring no config of their own (Debian's default for root).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

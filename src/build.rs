@@ -17,6 +17,7 @@ use crate::manifest::{LayerPathOrRoot, Manifest};
 use crate::memo::Memo;
 use crate::output::{self, DaemonError, DockerHost, OutputError};
 use crate::progress::{Reporter, TaskKind};
+use crate::registry::{Client, RegistryOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -62,6 +63,8 @@ pub struct BuildOptions {
     pub load: Option<DockerHost>,
     /// Let tools galley runs (mmdebstrap) print to the terminal.
     pub show_tool_output: bool,
+    /// How to reach registries for `[base] image` (CAs, insecure hosts, credentials).
+    pub registry: RegistryOptions,
 }
 
 /// One layer of the built image, and whether this build packed it.
@@ -152,7 +155,7 @@ fn import_base(
         show_tool_output: options.show_tool_output,
         on_bytes: &on_bytes,
     };
-    let base = base::import(&manifest.base, &ctx);
+    let base = base::import_using(&manifest.base, &ctx, &Client::new(options.registry.clone()));
     reporter.on_task_done(task);
     Ok(base?)
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::layer::LayerPath;
 use crate::oci::{HealthCheck, Platform};
-use crate::registry::ImageRef;
+use crate::registry::{ImageRef, ReferenceError, Repository};
 
 pub const MANIFEST_FILE: &str = "galley.toml";
 
@@ -44,6 +44,7 @@ struct RawImage {
     platforms: Option<Vec<String>>,
     source: Option<String>,
     description: Option<String>,
+    registry: Option<String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
 }
@@ -146,6 +147,8 @@ pub struct Image {
     pub source: Option<String>,
     pub description: Option<String>,
     pub annotations: BTreeMap<String, String>,
+    /// Where `galley push` and `build --push` send the image unless told otherwise.
+    pub registry: Option<Repository>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,6 +302,10 @@ impl Validator<'_> {
             }
         };
         let tag = raw.tag.or_else(|| raw.version.clone()).unwrap_or_else(|| "latest".to_owned());
+        let registry = raw
+            .registry
+            .map(|r| r.parse().map_err(|e: ReferenceError| self.invalid("[image] `registry`", format!("{e}; write the repository to push to, e.g. \"ghcr.io/org/app\""))))
+            .transpose()?;
         Ok(Image {
             name: raw.name,
             version: raw.version,
@@ -307,6 +314,7 @@ impl Validator<'_> {
             source: raw.source,
             description: raw.description,
             annotations: raw.annotations,
+            registry,
         })
     }
 
@@ -327,7 +335,7 @@ impl Validator<'_> {
             ));
         }
         if let Some(image) = raw.image {
-            let reference = image.parse().map_err(|e: crate::registry::ReferenceError| self.invalid("[base] `image`", e.to_string()))?;
+            let reference = image.parse().map_err(|e: ReferenceError| self.invalid("[base] `image`", e.to_string()))?;
             return Ok(BaseSpec::Registry { reference });
         }
         if let Some(oci) = raw.oci {
@@ -620,6 +628,10 @@ mod tests {
         assert!(err.contains("[base] `image`: `Python:3` is not an image reference"), "{err}");
         let err = parse("[image]\nname = \"x\"\n[base]\nimage = \"a\"\nrootfs = \"rootfs.tar\"\n").unwrap_err().to_string();
         assert!(err.contains("set exactly one of `image"), "{err}");
+        let m = parse(&MINIMAL.replace("[base]", "registry = \"localhost:5000/team/app\"\n[base]")).unwrap();
+        assert_eq!(m.image.registry.unwrap().to_string(), "localhost:5000/team/app");
+        let err = parse(&MINIMAL.replace("[base]", "registry = \"ghcr.io/x:1\"\n[base]")).unwrap_err().to_string();
+        assert!(err.contains("[image] `registry`") && err.contains("names a repository, not a tag"), "{err}");
     }
 
     #[test]

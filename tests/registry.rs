@@ -755,3 +755,96 @@ fn a_corrupted_blob_is_rejected_and_nothing_is_kept() {
     assert!(!fresh.has_blob(&app.digest) && !fresh.has_blob(&Digest::of(&garbage)));
     assert_eq!(std::fs::read_dir(fresh.root().join("tmp")).unwrap().count(), 0);
 }
+
+// ---------------------------------------------------------------------------------
+// The binary: build on a registry base and push, push again, pull, inspect, errors.
+
+fn galley(cache: &Path, docker_config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_galley"));
+    command.env("GALLEY_CACHE", cache).env("DOCKER_CONFIG", docker_config).env_remove("GALLEY_REGISTRY_USER").env_remove("GALLEY_REGISTRY_PASSWORD");
+    command
+}
+
+fn json_ok(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn the_cli_builds_on_a_registry_base_pushes_pulls_and_inspects() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cache_dir, docker_config) = (work.path().join("cache"), work.path().join("docker"));
+    std::fs::create_dir_all(&docker_config).unwrap();
+
+    // A base image, pushed by skopeo.
+    let store = Cache::open(work.path().join("fixtures")).unwrap();
+    let os = layer(&store, "os", &[("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n".to_vec()), ("bin/sh", random_bytes(5, 4000))]);
+    let base = image(&store, &Platform::host().to_string(), vec![os]);
+    write_layout(&store, &work.path().join("base"), &[(Some("1"), &base.manifest)]);
+    let host = registry.host();
+    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:1", work.path().join("base").display()), &format!("docker://{host}/bases/tiny:1")]);
+
+    let project = work.path().join("project");
+    std::fs::create_dir_all(project.join("app")).unwrap();
+    std::fs::write(project.join("app/main.py"), "print('hi')\n").unwrap();
+    std::fs::write(
+        project.join("galley.toml"),
+        format!(
+            "[image]\nname = \"hello\"\nversion = \"0.1.0\"\nregistry = \"{host}/apps/hello\"\n[base]\nimage = \"{host}/bases/tiny:1\"\n[[files]]\nsrc = \"app/\"\ndest = \"/app\"\n[runtime]\ncmd = [\"/bin/sh\"]\n"
+        ),
+    )
+    .unwrap();
+
+    let built = json_ok(galley(&cache_dir, &docker_config).arg("build").arg(&project).args(["--push", "--json"]));
+    let digest = built["digest"].as_str().unwrap().to_owned();
+    assert_eq!(built["push"]["images"][0]["digest"], digest.as_str());
+    assert_eq!(built["push"]["images"][0]["tagged"][0], format!("{host}/apps/hello:0.1.0@{digest}"));
+    // The base layer came from bases/tiny on the same registry: mounted, not uploaded.
+    assert_eq!((built["push"]["blobs_uploaded"].as_u64(), built["push"]["blobs_mounted"].as_u64()), (Some(2), Some(1)), "{built}");
+    assert_eq!(skopeo_digest(&format!("{host}/apps/hello:0.1.0")).to_string(), digest);
+
+    let again = json_ok(galley(&cache_dir, &docker_config).arg("push").arg(&project).arg("--json"));
+    assert_eq!((again["bytes_uploaded"].as_u64(), again["blobs_skipped"].as_u64()), (Some(0), Some(3)), "{again}");
+    assert_eq!(again["repository"], format!("{host}/apps/hello"));
+
+    let out = work.path().join("pulled");
+    let pulled = json_ok(galley(&cache_dir, &docker_config).args(["pull", &format!("{host}/apps/hello:0.1.0"), "--json", "--output"]).arg(&out));
+    assert_eq!(pulled["manifest"]["digest"], digest.as_str());
+    let raw = skopeo(&["inspect", "--raw", &format!("oci:{}:0.1.0", out.display())]);
+    assert_eq!(Digest::of(raw.as_bytes()).to_string(), digest);
+
+    let inspected = json_ok(galley(&cache_dir, &docker_config).args(["inspect", "--json", &format!("docker://{host}/apps/hello:0.1.0")]));
+    assert_eq!(inspected[0]["digest"], digest.as_str());
+    assert_eq!(inspected[0]["config"]["Cmd"][0], "/bin/sh");
+
+    // --tag without --push is a usage error, before anything is built.
+    let out = galley(&cache_dir, &docker_config).arg("build").arg(&project).args(["--tag", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_cli_reports_wrong_credentials_without_the_secret() {
+    let registry = Registry::start_with(true);
+    let tls = registry.tls();
+    let work = tempfile::tempdir().unwrap();
+    let store = Cache::open(work.path().join("fixtures")).unwrap();
+    let img = image(&store, "linux/amd64", vec![layer(&store, "x", &[("x", b"x".to_vec())])]);
+    let layout = work.path().join("layout");
+    write_layout(&store, &layout, &[(Some("v1"), &img.manifest)]);
+    let out = galley(&work.path().join("cache"), work.path())
+        .arg("push")
+        .arg(&layout)
+        .args(["--registry", &format!("{}/team/app", registry.host())])
+        .arg("--registry-ca")
+        .arg(&tls.ca)
+        .env("GALLEY_REGISTRY_USER", tls.user)
+        .env("GALLEY_REGISTRY_PASSWORD", "Tr0ub4dor&3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&registry.host()) && stderr.contains("rejected the credentials of user `galley`"), "{stderr}");
+    assert!(!stderr.contains("Tr0ub4dor"), "{stderr}");
+}

@@ -11,7 +11,8 @@ use galley::build::{BuildOptions, BuildReport, build};
 use galley::layer::Compression;
 use galley::output::DockerHost;
 
-use super::{Global, human_size, load_manifest};
+use super::registry::{PushTarget, RegistryArgs, print_push, push, push_json};
+use super::{Global, UsageError, human_size, load_manifest};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -30,6 +31,20 @@ pub struct BuildArgs {
     /// Layer compression
     #[arg(long, value_enum, default_value_t = Compression::Gzip)]
     pub compression: Compression,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `galley build`: the build, and optionally a push of what it wrote.
+#[derive(Args)]
+pub struct BuildCommand {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Push the image after building it (to --registry, else `[image] registry`)
+    #[arg(long)]
+    pub push: bool,
+    #[command(flatten)]
+    pub target: PushTarget,
 }
 
 impl BuildArgs {
@@ -43,6 +58,8 @@ impl BuildArgs {
             docker_archive: self.docker_archive.clone(),
             load: if self.load { Some(DockerHost::from_env()?) } else { None },
             show_tool_output: global.show_progress(),
+            // Base images come from registries other than the push target: docker's credentials only.
+            registry: self.registry.options(None)?,
         };
         let reporter = global.reporter();
         let report = build(&manifest, &cache, &options, reporter.as_ref())
@@ -51,10 +68,42 @@ impl BuildArgs {
     }
 }
 
-pub fn run(global: &Global, args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let (report, options) = args.build(global)?;
-    print_report(global, &report, &options);
+pub fn run(global: &Global, command: BuildCommand) -> anyhow::Result<ExitCode> {
+    if command.target.given() && !command.push {
+        anyhow::bail!(UsageError("--registry and --tag choose where `build --push` pushes; add --push".into()));
+    }
+    // Find the push target before building, so a missing one fails fast.
+    let target = if command.push { Some(command.target.repository(Some(&load_manifest(&command.build.dir)?))?) } else { None };
+    let (report, options) = command.build.build(global)?;
+    let Some(repository) = target else {
+        print_report(global, &report, &options);
+        return Ok(ExitCode::SUCCESS);
+    };
+    // The layout's blobs are hard links into the content store: nothing is written twice.
+    let pushed = push(global, &options.output, &repository, &command.target, &command.build.registry)?;
+    if global.json {
+        let mut doc = build_json(&report, &options);
+        doc["push"] = push_json(&repository, &pushed);
+        println!("{doc}");
+    } else if !global.quiet {
+        print_report(global, &report, &options);
+        print_push(&pushed);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn build_json(report: &BuildReport, options: &BuildOptions) -> serde_json::Value {
+    let image = &report.image;
+    json!({
+        "image": image.reference(),
+        "digest": image.descriptor.digest,
+        "platform": image.platform.to_string(),
+        "output": options.output,
+        "docker_archive": options.docker_archive,
+        "loaded": report.loaded,
+        "layers": report.layers,
+        "seconds": report.seconds,
+    })
 }
 
 pub fn print_report(global: &Global, report: &BuildReport, options: &BuildOptions) {
@@ -62,17 +111,7 @@ pub fn print_report(global: &Global, report: &BuildReport, options: &BuildOption
     let packed = report.layers.iter().filter(|l| l.packed).count();
     let compressed: u64 = report.layers.iter().map(|l| l.size).sum();
     if global.json {
-        let doc = json!({
-            "image": image.reference(),
-            "digest": image.descriptor.digest,
-            "platform": image.platform.to_string(),
-            "output": options.output,
-            "docker_archive": options.docker_archive,
-            "loaded": report.loaded,
-            "layers": report.layers,
-            "seconds": report.seconds,
-        });
-        println!("{doc}");
+        println!("{}", build_json(report, options));
     } else if !global.quiet {
         println!("built {} ({}) in {:.2}s", image.reference(), image.platform, report.seconds);
         println!("  digest  {}", image.descriptor.digest);

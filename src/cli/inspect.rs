@@ -1,5 +1,6 @@
 //! `galley inspect PATH[:TAG]`: an image's layers (size, digest, what they hold) and
-//! config, from an OCI layout, a docker/OCI archive, or a project's build output.
+//! config, from an OCI layout, a docker/OCI archive, a project's build output, or a
+//! registry (`docker://REF`, or a reference that is not a local path).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,14 +11,22 @@ use serde_json::json;
 
 use galley::base::ImageFiles;
 use galley::image::keys;
-use galley::oci::{Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest};
+use galley::oci::{Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
+use galley::registry::ImageRef;
 
+use super::registry::{RegistryArgs, pull};
 use super::{Global, UsageError, human_size};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// OCI layout directory, archive tar, or project directory, optionally `:TAG`
+    /// OCI layout directory, archive tar, or project directory, optionally `:TAG`; or a
+    /// registry image as `docker://REF` (or just REF when no such path exists)
     pub path: String,
+    /// Platform to inspect in a multi-platform registry image [default: the host's]
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<Platform>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 struct Inspected {
@@ -29,8 +38,15 @@ struct Inspected {
 
 pub fn run(global: &Global, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let (path, tag) = split_tag(&args.path);
-    let files = open(&path)?;
-    let images = read_images(&files, tag.as_deref()).with_context(|| format!("reading {}", path.display()))?;
+    let (files, tag) = match registry_reference(&args.path, &path)? {
+        Some(reference) => {
+            let cache = global.cache()?;
+            let pulled = pull(global, &cache, &reference, args.platform.as_ref(), &args.registry)?;
+            (ImageFiles::Dir(pulled.cached_layout(&cache)?), None)
+        }
+        None => (open(&path)?, tag),
+    };
+    let images = read_images(&files, tag.as_deref()).with_context(|| format!("reading {}", args.path))?;
     if global.json {
         let docs: Vec<_> = images.iter().map(to_json).collect();
         println!("{}", serde_json::Value::Array(docs));
@@ -50,6 +66,18 @@ fn split_tag(raw: &str) -> (PathBuf, Option<String>) {
         }
     }
     (PathBuf::from(raw), None)
+}
+
+/// `docker://REF`, or a reference with a tag, digest or registry that names no local
+/// path (a bare word stays a path, so a typo does not go to Docker Hub).
+fn registry_reference(raw: &str, path: &Path) -> anyhow::Result<Option<ImageRef>> {
+    if let Some(reference) = raw.strip_prefix("docker://") {
+        return Ok(Some(reference.parse().map_err(|e: galley::registry::ReferenceError| UsageError(e.to_string()))?));
+    }
+    if path.exists() || Path::new(raw).exists() || !raw.contains([':', '/', '@']) {
+        return Ok(None);
+    }
+    Ok(raw.parse().ok())
 }
 
 fn open(path: &Path) -> anyhow::Result<ImageFiles> {

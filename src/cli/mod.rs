@@ -4,6 +4,7 @@
 
 mod build;
 mod inspect;
+mod registry;
 mod reporters;
 mod run;
 
@@ -41,9 +42,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build the image described by galley.toml
-    Build(build::BuildArgs),
-    /// Show an image's layers and config (an OCI layout, a docker archive, or a project)
+    Build(build::BuildCommand),
+    /// Show an image's layers and config (an OCI layout, a docker archive, a project, or a registry image)
     Inspect(inspect::InspectArgs),
+    /// Push the built images (an OCI layout or a project's build output) to a registry
+    Push(registry::PushArgs),
+    /// Pull an image from a registry into an OCI layout
+    Pull(registry::PullArgs),
     /// Build, then run the image: with docker when a daemon answers, else in a chroot (root)
     Run(run::RunArgs),
 }
@@ -92,6 +97,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(&global, args),
         Command::Inspect(args) => inspect::run(&global, args),
+        Command::Push(args) => registry::run_push(&global, args),
+        Command::Pull(args) => registry::run_pull(&global, args),
         Command::Run(args) => run::run(&global, args),
     };
     match result {
@@ -121,6 +128,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<UsageError>().is_some() {
             return exit::USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<galley::registry::RegistryError>() {
+            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
         }
     }
     exit::BUILD_FAILED

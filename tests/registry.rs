@@ -848,3 +848,237 @@ fn the_cli_reports_wrong_credentials_without_the_secret() {
     assert!(stderr.contains(&registry.host()) && stderr.contains("rejected the credentials of user `galley`"), "{stderr}");
     assert!(!stderr.contains("Tr0ub4dor"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------
+// Token auth as Docker Hub and GHCR do it: the registry (real, `auth: token`) answers
+// 401 with a Bearer challenge; galley fetches a JWT from the realm. The token service
+// here is a small test server that signs RS256 JWTs with openssl, trusted by the
+// registry through its rootcertbundle.
+
+struct TokenService {
+    port: u16,
+    /// (method, scopes requested, authenticated as) per token request.
+    requests: Arc<Mutex<Vec<(String, String, String)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for TokenService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() + 1 => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+impl TokenService {
+    /// Grants what is asked to `galley` / `s3cret-pw` (Basic) and to the refresh token
+    /// `refresh-me` (OAuth2 POST); anonymous callers get a token that grants nothing.
+    fn start(dir: &Path) -> Self {
+        run(Command::new("openssl").current_dir(dir).args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "token.key", "-out", "token.crt", "-days", "2", "-subj",
+            "/CN=galley-token-issuer",
+        ]));
+        let der = run(Command::new("openssl").current_dir(dir).args(["x509", "-in", "token.crt", "-outform", "DER", "-out", "token.der"]));
+        drop(der);
+        let cert = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("token.der")).unwrap())
+        };
+        let key = dir.join("token.key");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = Self { port, requests: Arc::default(), stop: Arc::default() };
+        let (requests, stop) = (service.requests.clone(), service.stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let answer = token_answer(&mut stream, &cert, &key, &requests);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        service
+    }
+
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    fn requests(&self) -> Vec<(String, String, String)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn token_answer(stream: &mut TcpStream, cert: &str, key: &Path, requests: &Mutex<Vec<(String, String, String)>>) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let header_end = loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return String::new();
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..header_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    while raw.len() < header_end + length {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&raw[header_end..]).into_owned();
+    let request_line = head.lines().next().unwrap_or_default();
+    let method = request_line.split(' ').next().unwrap_or_default().to_owned();
+    let query = request_line.split(' ').nth(1).and_then(|p| p.split_once('?')).map_or("", |(_, q)| q).to_owned();
+    let params: Vec<(String, String)> = if method == "POST" { body.clone() } else { query }
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), url_decode(v)))
+        .collect();
+    let scopes: Vec<String> = params.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split(' ').map(str::to_owned)).collect();
+    let basic = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("authorization").then(|| value.trim().strip_prefix("Basic ").map(str::to_owned))?
+    });
+    let who = match (method.as_str(), basic) {
+        ("POST", _) if params.iter().any(|(k, v)| k == "refresh_token" && v == "refresh-me") => "refresh-token",
+        ("POST", _) => "bad-refresh-token",
+        (_, Some(b)) if b.trim() == base64_encode("galley:s3cret-pw") => "galley",
+        (_, Some(_)) => "bad-password",
+        _ => "anonymous",
+    };
+    requests.lock().unwrap().push((method, scopes.join(" "), who.to_owned()));
+    if who.starts_with("bad") {
+        return "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into();
+    }
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter(|_| who != "anonymous")
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [cert]});
+    let claims = serde_json::json!({
+        "iss": "galley-token-issuer", "sub": who, "aud": "galley-test-registry",
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", requests.lock().unwrap().len()), "access": access,
+    });
+    let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let mut openssl =
+        Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(key).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    openssl.stdin.take().unwrap().write_all(signing_input.as_bytes()).unwrap();
+    let signature = openssl.wait_with_output().unwrap().stdout;
+    let token = format!("{signing_input}.{}", b64url(&signature));
+    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
+
+#[test]
+fn bearer_tokens_are_fetched_per_scope_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenService::start(dir.path());
+    let port = free_port();
+    let storage = dir.path().join("storage");
+    std::fs::write(
+        dir.path().join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: s\nauth:\n  token:\n    realm: {}\n    service: galley-test-registry\n    issuer: galley-token-issuer\n    rootcertbundle: {}\n",
+            storage.display(),
+            tokens.realm(),
+            dir.path().join("token.crt").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let registry = Registry { child, port, dir: tempfile::tempdir().unwrap() };
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fixture = fixture("v1");
+    let repo = registry.repo("tok/app");
+    let host = registry.host();
+
+    // Anonymous: the token grants nothing, and the message says to log in.
+    let (_d, cache) = fresh_cache();
+    let err = push(&fixture, &cache, &repo, &Client::new(options())).unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }) && err.to_string().contains("requires credentials"), "{err}");
+
+    // With a password: one token for the push scope serves every request of the push.
+    tokens.requests.lock().unwrap().clear();
+    let basic = BTreeMap::from([(host.clone(), Credential::Basic { username: "galley".into(), password: "s3cret-pw".into() })]);
+    let client = Client::new(RegistryOptions { credentials: basic, ..options() });
+    let report = push(&fixture, &cache, &repo, &client)
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()));
+    assert_eq!(report.blobs_uploaded, 4);
+    assert_eq!(tokens.requests(), [("GET".into(), "repository:tok/app:pull,push".into(), "galley".into())]);
+    let pulled = registry::pull(&client, &fresh_cache().1, &format!("{repo}:v1").parse().unwrap(), None, &()).unwrap();
+    assert_eq!(pulled.manifest.digest, fixture.image.manifest.digest);
+    assert_eq!(tokens.requests().len(), 2, "a pull needs its own (pull) scope: {:?}", tokens.requests());
+
+    // A mount asks for both repositories in one token.
+    let report = push(&fixture, &cache, &registry.repo("tok/other"), &client).unwrap();
+    assert_eq!(report.blobs_mounted, 4);
+    assert!(tokens.requests().iter().any(|(_, s, _)| s == "repository:tok/other:pull,push repository:tok/app:pull"), "{:?}", tokens.requests());
+
+    // A wrong password is refused by the token service: named, without the secret.
+    let wrong = BTreeMap::from([(host.clone(), Credential::Basic { username: "galley".into(), password: "not-the-pw-42".into() })]);
+    let err = push(&fixture, &cache, &repo, &Client::new(RegistryOptions { credentials: wrong, ..options() })).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert!(message.contains(&host) && message.contains("token service") && !message.contains("not-the-pw-42"), "{message}");
+
+    // docker's identitytoken is exchanged with an OAuth2 POST.
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, format!(r#"{{"auths":{{"{host}":{{"identitytoken":"refresh-me"}}}}}}"#)).unwrap();
+    let client = Client::new(RegistryOptions { docker_config: Some(config), ..options() });
+    let resolved = client.resolve(&format!("{repo}:v1").parse().unwrap()).unwrap();
+    assert_eq!(resolved.digest, fixture.image.manifest.digest);
+    assert_eq!(tokens.requests().last().map(|r| (r.0.clone(), r.2.clone())), Some(("POST".into(), "refresh-token".into())));
+}

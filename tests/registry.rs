@@ -36,6 +36,31 @@ impl Drop for Registry {
     }
 }
 
+/// Something listening on a loopback port that speaks the registry API.
+trait Endpoint {
+    fn port(&self) -> u16;
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    fn repo(&self, name: &str) -> Repository {
+        format!("{}/{name}", self.host()).parse().unwrap()
+    }
+}
+
+impl Endpoint for Registry {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Endpoint for Proxy {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 struct Tls {
     ca: PathBuf,
     user: &'static str,
@@ -54,26 +79,32 @@ fn run(cmd: &mut Command) -> String {
 
 impl Registry {
     fn start() -> Self {
-        Self::start_with(false)
+        Self::launch(tempfile::tempdir().unwrap(), "")
     }
 
     /// With `secure`: TLS from a CA made here, and htpasswd auth for `galley` / `s3cret-pw`.
     fn start_with(secure: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        if !secure {
+            return Self::launch(dir, "");
+        }
+        make_certificates(dir.path());
+        let htpasswd = run(Command::new("htpasswd").args(["-Bbn", "galley", "s3cret-pw"]));
+        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+        let extra = format!(
+            "  tls:\n    certificate: {0}/server.crt\n    key: {0}/server.key\nauth:\n  htpasswd:\n    realm: galley-test\n    path: {0}/htpasswd\n",
+            dir.path().display()
+        );
+        Self::launch(dir, &extra)
+    }
+
+    /// Starts the registry with its storage in `dir`; `extra` continues the config's `http:` section.
+    fn launch(dir: tempfile::TempDir, extra: &str) -> Self {
         let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: galley-test-secret\n",
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: galley-test-secret\n{extra}",
             dir.path().join("storage").display()
         );
-        if secure {
-            make_certificates(dir.path());
-            let htpasswd = run(Command::new("htpasswd").args(["-Bbn", "galley", "s3cret-pw"]));
-            std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
-            config.push_str(&format!(
-                "  tls:\n    certificate: {0}/server.crt\n    key: {0}/server.key\nauth:\n  htpasswd:\n    realm: galley-test\n    path: {0}/htpasswd\n",
-                dir.path().display()
-            ));
-        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let child = Command::new("docker-registry")
@@ -91,14 +122,6 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         registry
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn repo(&self, name: &str) -> Repository {
-        format!("{}/{name}", self.host()).parse().unwrap()
     }
 
     fn log(&self) -> String {
@@ -195,14 +218,6 @@ impl Proxy {
             }
         });
         proxy
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn repo(&self, name: &str) -> Repository {
-        format!("{}/{name}", self.host()).parse().unwrap()
     }
 
     /// Client bytes since the last call.
@@ -1017,30 +1032,12 @@ fn token_answer(stream: &mut TcpStream, cert: &str, key: &Path, requests: &Mutex
 fn bearer_tokens_are_fetched_per_scope_and_cached() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = TokenService::start(dir.path());
-    let port = free_port();
-    let storage = dir.path().join("storage");
-    std::fs::write(
-        dir.path().join("config.yml"),
-        format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: s\nauth:\n  token:\n    realm: {}\n    service: galley-test-registry\n    issuer: galley-token-issuer\n    rootcertbundle: {}\n",
-            storage.display(),
-            tokens.realm(),
-            dir.path().join("token.crt").display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.path().join("config.yml"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let registry = Registry { child, port, dir: tempfile::tempdir().unwrap() };
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let extra = format!(
+        "auth:\n  token:\n    realm: {}\n    service: galley-test-registry\n    issuer: galley-token-issuer\n    rootcertbundle: {}\n",
+        tokens.realm(),
+        dir.path().join("token.crt").display()
+    );
+    let registry = Registry::launch(dir, &extra);
     let fixture = fixture("v1");
     let repo = registry.repo("tok/app");
     let host = registry.host();
@@ -1055,7 +1052,7 @@ fn bearer_tokens_are_fetched_per_scope_and_cached() {
     let basic = BTreeMap::from([(host.clone(), Credential::Basic { username: "galley".into(), password: "s3cret-pw".into() })]);
     let client = Client::new(RegistryOptions { credentials: basic, ..options() });
     let report = push(&fixture, &cache, &repo, &client)
-        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", registry.log()));
     assert_eq!(report.blobs_uploaded, 4);
     assert_eq!(tokens.requests(), [("GET".into(), "repository:tok/app:pull,push".into(), "galley".into())]);
     let pulled = registry::pull(&client, &fresh_cache().1, &format!("{repo}:v1").parse().unwrap(), None, &()).unwrap();
@@ -1075,7 +1072,7 @@ fn bearer_tokens_are_fetched_per_scope_and_cached() {
     assert!(message.contains(&host) && message.contains("token service") && !message.contains("not-the-pw-42"), "{message}");
 
     // docker's identitytoken is exchanged with an OAuth2 POST.
-    let config = dir.path().join("config.json");
+    let config = registry.dir.path().join("config.json");
     std::fs::write(&config, format!(r#"{{"auths":{{"{host}":{{"identitytoken":"refresh-me"}}}}}}"#)).unwrap();
     let client = Client::new(RegistryOptions { docker_config: Some(config), ..options() });
     let resolved = client.resolve(&format!("{repo}:v1").parse().unwrap()).unwrap();

@@ -914,7 +914,8 @@ fn url_decode(s: &str) -> String {
 
 impl TokenService {
     /// Grants what is asked to `galley` / `s3cret-pw` (Basic) and to the refresh token
-    /// `refresh-me` (OAuth2 POST); anonymous callers get a token that grants nothing.
+    /// `refresh-me` (OAuth2 POST), only pulls to `reader` / `reader-pw`; anonymous
+    /// callers get a token that grants nothing.
     fn start(dir: &Path) -> Self {
         run(Command::new("openssl").current_dir(dir).args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "token.key", "-out", "token.crt", "-days", "2", "-subj",
@@ -996,6 +997,7 @@ fn token_answer(stream: &mut TcpStream, cert: &str, key: &Path, requests: &Mutex
         ("POST", _) if params.iter().any(|(k, v)| k == "refresh_token" && v == "refresh-me") => "refresh-token",
         ("POST", _) => "bad-refresh-token",
         (_, Some(b)) if b.trim() == base64_encode("galley:s3cret-pw") => "galley",
+        (_, Some(b)) if b.trim() == base64_encode("reader:reader-pw") => "reader",
         (_, Some(_)) => "bad-password",
         _ => "anonymous",
     };
@@ -1009,7 +1011,8 @@ fn token_answer(stream: &mut TcpStream, cert: &str, key: &Path, requests: &Mutex
         .filter_map(|s| {
             let mut parts = s.splitn(3, ':');
             let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
-            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+            let actions: Vec<&str> = actions.split(',').filter(|a| who != "reader" || *a == "pull").collect();
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions}))
         })
         .collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
@@ -1070,6 +1073,12 @@ fn bearer_tokens_are_fetched_per_scope_and_cached() {
     let message = err.to_string();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
     assert!(message.contains(&host) && message.contains("token service") && !message.contains("not-the-pw-42"), "{message}");
+
+    // Valid credentials without push rights: a permission error, not a login hint.
+    let reader = BTreeMap::from([(host.clone(), Credential::Basic { username: "reader".into(), password: "reader-pw".into() })]);
+    let err = push(&fixture, &cache, &registry.repo("tok/third"), &Client::new(RegistryOptions { credentials: reader, ..options() })).unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. }) && err.is_usage(), "{err:?}");
+    assert!(err.to_string().contains("no permission to push this repository") && err.to_string().contains("tok/third"), "{err}");
 
     // docker's identitytoken is exchanged with an OAuth2 POST.
     let config = registry.dir.path().join("config.json");

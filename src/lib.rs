@@ -9,10 +9,12 @@
 pub mod base;
 pub mod cache;
 pub mod http;
+pub mod install;
 pub mod layer;
 pub mod manifest;
 pub mod memo;
 pub mod oci;
+pub mod plan;
 pub mod progress;
 
 /// Where tests keep downloads worth reusing between runs (wheels, Debian bases):

@@ -84,14 +84,13 @@ impl EntryPoints {
             if line.is_empty() || line.starts_with(['#', ';']) {
                 continue;
             }
-            if raw.starts_with([' ', '\t']) {
-                if let (Some(s), Some(k)) = (&section, &last_key) {
-                    if let Some(v) = sections.get_mut(s).and_then(|m| m.get_mut(k)) {
-                        v.push(' ');
-                        v.push_str(line);
-                        continue;
-                    }
-                }
+            if raw.starts_with([' ', '\t'])
+                && let (Some(s), Some(k)) = (&section, &last_key)
+                && let Some(v) = sections.get_mut(s).and_then(|m| m.get_mut(k))
+            {
+                v.push(' ');
+                v.push_str(line);
+                continue;
             }
             if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = Some(name.trim().to_owned());

@@ -52,23 +52,23 @@ pub struct WheelFile {
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{wheel}: the file {} has sha256 {actual}, but the lock says {expected}; the download is corrupt or the mirror was tampered with. Delete it and fetch again", path.display())]
-    HashMismatch { wheel: WheelFilename, path: PathBuf, expected: Digest, actual: Digest },
+    HashMismatch { wheel: String, path: PathBuf, expected: Digest, actual: Digest },
     #[error("{wheel}: cannot read {}: {source}", path.display())]
-    Read { wheel: WheelFilename, path: PathBuf, source: io::Error },
+    Read { wheel: String, path: PathBuf, source: io::Error },
     #[error("{wheel}: not a readable zip archive: {source}")]
-    Zip { wheel: WheelFilename, source: zip::result::ZipError },
+    Zip { wheel: String, source: zip::result::ZipError },
     #[error("{wheel}: refusing to install entry `{entry}`: {why}. The wheel is malformed or malicious; nothing was installed")]
-    UnsafeEntry { wheel: WheelFilename, entry: String, why: String },
+    UnsafeEntry { wheel: String, entry: String, why: String },
     #[error("{wheel}: looks like a zip bomb: {why}; nothing was installed")]
-    ZipBomb { wheel: WheelFilename, why: String },
+    ZipBomb { wheel: String, why: String },
     #[error("{wheel}: {file} is missing or malformed: {why}")]
-    Malformed { wheel: WheelFilename, file: String, why: String },
+    Malformed { wheel: String, file: String, why: String },
     #[error("{wheel}: `{entry}` does not match its RECORD line: {why}; nothing was installed")]
-    RecordMismatch { wheel: WheelFilename, entry: String, why: String },
+    RecordMismatch { wheel: String, entry: String, why: String },
     #[error("{wheel}: its {what} says `{found}`, but the file name says {expected}")]
-    NameMismatch { wheel: WheelFilename, what: &'static str, found: String, expected: String },
+    NameMismatch { wheel: String, what: &'static str, found: String, expected: String },
     #[error("{wheel}: it would install {path}, which the venv itself owns (its interpreter links, pyvenv.cfg or activate scripts)")]
-    ReservedPath { wheel: WheelFilename, path: String },
+    ReservedPath { wheel: String, path: String },
     #[error("env `{env}`: {first} and {second} both install {path} with different content{}", if *.strict { " (strict mode makes this an error)" } else { "" })]
     Conflict { env: String, path: String, first: String, second: String, strict: bool },
     #[error("env `{env}`: {first} installs {path} as a file, but {second} installs files inside it")]
@@ -76,7 +76,7 @@ pub enum InstallError {
     #[error("env `{env}`: {package} is listed twice")]
     DuplicatePackage { env: String, package: String },
     #[error("cannot write the installed tree of {wheel} at {}: {source}", path.display())]
-    Write { wheel: WheelFilename, path: PathBuf, source: io::Error },
+    Write { wheel: String, path: PathBuf, source: io::Error },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }

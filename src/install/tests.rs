@@ -385,12 +385,25 @@ fn trees_are_reused_and_concurrent_installs_share_one() {
     assert_eq!(again, trees[0]);
     assert_eq!(*recorder.tasks.lock().unwrap(), 0, "a cached tree is not unpacked again");
 
+    // A build killed while unpacking leaves only its staging directory in tmp/, which
+    // the next build removes (pid 2^22+1 is above the kernel's pid_max, so never alive).
+    let stale = cache_dir.path().join("tmp/4194305-0-tree");
+    std::fs::create_dir_all(stale.join("root/lib")).unwrap();
+    std::fs::write(stale.join("root/lib/half.py"), "x = ").unwrap();
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    assert!(!stale.exists());
+
     // Another prefix or Python version is another tree.
     let other = layout_at("asr", Path::new("/opt/galley/envs/asr"));
     let moved = Installer::new(&cache, &()).install(&wheel, &other).unwrap();
     assert_ne!(moved.key, again.key);
     let launcher = std::fs::read_to_string(moved.root.join("bin/demo")).unwrap();
     assert!(launcher.starts_with("#!/opt/galley/envs/asr/bin/python\n"), "{launcher}");
+    let mut py312 = layout.clone();
+    py312.interpreter.version = (3, 12);
+    let newer = Installer::new(&cache, &()).install(&wheel, &py312).unwrap();
+    assert_ne!(newer.key, again.key);
+    assert!(newer.files.iter().any(|f| f.path.as_str() == "lib/python3.12/site-packages/demo_pkg/__init__.py"));
 }
 
 #[test]

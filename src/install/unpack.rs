@@ -85,12 +85,12 @@ impl<'a> Installer<'a> {
         if let Some(tree) = tree::load(self.cache, &key) {
             return Ok(tree);
         }
-        let read_err = |source| InstallError::Read { wheel: wheel.filename.clone(), path: wheel.path.clone(), source };
+        let read_err = |source| InstallError::Read { wheel: wheel.filename.to_string(), path: wheel.path.clone(), source };
         let file = File::open(&wheel.path).map_err(read_err)?;
         let (actual, _) = Digest::of_reader(BufReader::with_capacity(1 << 20, file)).map_err(read_err)?;
         if actual != wheel.sha256 {
             return Err(InstallError::HashMismatch {
-                wheel: wheel.filename.clone(),
+                wheel: wheel.filename.to_string(),
                 path: wheel.path.clone(),
                 expected: wheel.sha256.clone(),
                 actual,
@@ -101,7 +101,7 @@ impl<'a> Installer<'a> {
         let guard = TempGuard(staging.clone());
         let write_err = |path: &Path| {
             let path = path.to_owned();
-            move |source| InstallError::Write { wheel: wheel.filename.clone(), path, source }
+            move |source| InstallError::Write { wheel: wheel.filename.to_string(), path, source }
         };
         let root = staging.join(tree::ROOT_DIR);
         fs::create_dir_all(&root).map_err(write_err(&root))?;
@@ -172,13 +172,13 @@ struct Unpack<'a> {
 type Unpacked = (PackageName, Version, Vec<TreeFile>, Vec<LayerPath>);
 
 impl<'a> Unpack<'a> {
-    fn wheel_name(&self) -> WheelFilename {
-        self.wheel.filename.clone()
+    fn wheel_name(&self) -> String {
+        self.wheel.filename.to_string()
     }
 
     /// Reads the archive's directory and metadata and plans every entry, writing nothing.
     fn open(wheel: &'a WheelFile, layout: &'a EnvLayout, limits: &Limits, root: &'a Path) -> Result<Self, InstallError> {
-        let w = || wheel.filename.clone();
+        let w = || wheel.filename.to_string();
         let file = File::open(&wheel.path).map_err(|source| InstallError::Read { wheel: w(), path: wheel.path.clone(), source })?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut archive =
@@ -307,7 +307,7 @@ impl<'a> Unpack<'a> {
         let scripts: HashSet<&str> = self.entry_points.console.iter().chain(&self.entry_points.gui).map(|s| s.name.as_str()).collect();
         let mut seen: HashMap<LayerPath, String> = HashMap::new();
         for (index, (name, is_dir, size, executable)) in names.into_iter().enumerate() {
-            let unsafe_entry = |why: String| InstallError::UnsafeEntry { wheel: self.wheel.filename.clone(), entry: name.clone(), why };
+            let unsafe_entry = |why: String| InstallError::UnsafeEntry { wheel: self.wheel.filename.to_string(), entry: name.clone(), why };
             let (scheme, rest) = match name.split_once('/') {
                 Some((top, rest)) if top == data_dir => match rest.split_once('/') {
                     Some(("purelib" | "platlib", r)) => (Scheme::SitePackages, r),
@@ -343,10 +343,8 @@ impl<'a> Unpack<'a> {
             // pip and uv skip a `.data/scripts` file that an entry point of the same name replaces.
             let stem = rest.strip_suffix(".exe").or_else(|| rest.strip_suffix("-script.py")).or_else(|| rest.strip_suffix(".pya"));
             let skip = scheme == Scheme::Scripts && scripts.contains(stem.unwrap_or(rest));
-            if !skip {
-                if let Some(other) = seen.insert(dest.clone(), name.clone()) {
-                    return Err(unsafe_entry(format!("`{other}` installs to the same place, {dest}")));
-                }
+            if !skip && let Some(other) = seen.insert(dest.clone(), name.clone()) {
+                return Err(unsafe_entry(format!("`{other}` installs to the same place, {dest}")));
             }
             self.files.push(Planned { index, name, dest, scheme, size, executable, skip });
         }
@@ -386,12 +384,11 @@ impl<'a> Unpack<'a> {
             let rewrite = p.scheme == Scheme::Scripts && !p.skip;
             let mode = if p.executable || p.scheme == Scheme::Scripts { 0o755 } else { 0o644 };
             let disk = self.root.join(p.dest.as_str());
-            if !p.skip {
-                if let Some(parent) = disk.parent() {
-                    if made_dirs.insert(parent.to_owned()) {
-                        fs::create_dir_all(parent).map_err(|e| self.write_err(parent, e))?;
-                    }
-                }
+            if !p.skip
+                && let Some(parent) = disk.parent()
+                && made_dirs.insert(parent.to_owned())
+            {
+                fs::create_dir_all(parent).map_err(|e| self.write_err(parent, e))?;
             }
             let extracted = self.extract(p, expected.as_ref().map(|e| e.0), rewrite.then_some(python.as_str()), &disk)?;
             if let Some((_, raw, size)) = &expected {
@@ -454,7 +451,7 @@ impl<'a> Unpack<'a> {
     /// RECORD's algorithm and the written bytes with sha256. Scripts are read whole so a
     /// `#!python` first line can be replaced by the env's interpreter.
     fn extract(&mut self, p: &Planned, algorithm: Option<Algorithm>, rewrite_for: Option<&str>, disk: &Path) -> Result<Extracted, InstallError> {
-        let wheel = self.wheel.filename.clone();
+        let wheel = self.wheel.filename.to_string();
         let write_err = |e: io::Error| InstallError::Write { wheel: wheel.clone(), path: disk.to_owned(), source: e };
         let mut entry = self.archive.by_index(p.index).map_err(|source| InstallError::Zip { wheel: wheel.clone(), source })?;
         let mut out: Box<dyn Write> = match (p.skip, rewrite_for) {
@@ -557,11 +554,11 @@ struct Extracted {
     rewritten: bool,
 }
 
-fn inflates_past(wheel: &WheelFilename, p: &Planned) -> InstallError {
-    InstallError::ZipBomb { wheel: wheel.clone(), why: format!("`{}` inflates past its declared {} bytes", p.name, p.size) }
+fn inflates_past(wheel: &str, p: &Planned) -> InstallError {
+    InstallError::ZipBomb { wheel: wheel.to_owned(), why: format!("`{}` inflates past its declared {} bytes", p.name, p.size) }
 }
 
-fn malformed(wheel: WheelFilename, file: &str, why: &str) -> InstallError {
+fn malformed(wheel: String, file: &str, why: &str) -> InstallError {
     InstallError::Malformed { wheel, file: file.to_owned(), why: why.to_owned() }
 }
 
@@ -594,7 +591,7 @@ fn is_reserved(path: &str, minor: u8) -> bool {
 /// Checks a name and version found inside the wheel against its file name; local
 /// version labels may be dropped from the file name, as uv allows.
 fn check_identity(filename: &WheelFilename, what: &'static str, name: &str, version: &str) -> Result<(PackageName, Version), InstallError> {
-    let mismatch = |found: String| InstallError::NameMismatch { wheel: filename.clone(), what, found, expected: filename.package() };
+    let mismatch = |found: String| InstallError::NameMismatch { wheel: filename.to_string(), what, found, expected: filename.package() };
     let parsed_name = PackageName::from_str(name).map_err(|_| mismatch(format!("{name} {version}")))?;
     let parsed_version = Version::from_str(version).map_err(|_| mismatch(format!("{name} {version}")))?;
     let same_version = parsed_version == *filename.version() || parsed_version.clone().without_local() == *filename.version();

@@ -19,6 +19,8 @@
 //! ```
 
 mod families;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
@@ -190,7 +192,9 @@ type Chunk<'a> = BTreeMap<(usize, usize), Portion<'a>>;
 /// units are taken by name, small ones packed together, a unit over the limit split by
 /// path with every env's copy of a path kept together. Deterministic for the same input.
 fn split<'a>(envs: &'a [EnvInstall], members: &[(usize, usize)], limit: u64) -> Vec<Chunk<'a>> {
-    let mut units: BTreeMap<(&PackageName, &Version, &Digest), Vec<(usize, usize)>> = BTreeMap::new();
+    // One unit per wheel: (name, version, wheel sha256) -> its (env, package) copies.
+    type Unit<'t> = (&'t PackageName, &'t Version, &'t Digest);
+    let mut units: BTreeMap<Unit<'_>, Vec<(usize, usize)>> = BTreeMap::new();
     for &(e, p) in members {
         let tree = &envs[e].packages[p];
         units.entry((&tree.name, &tree.version, &tree.wheel_sha256)).or_default().push((e, p));

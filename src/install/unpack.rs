@@ -454,10 +454,11 @@ impl<'a> Unpack<'a> {
         let wheel = self.wheel.filename.to_string();
         let write_err = |e: io::Error| InstallError::Write { wheel: wheel.clone(), path: disk.to_owned(), source: e };
         let mut entry = self.archive.by_index(p.index).map_err(|source| InstallError::Zip { wheel: wheel.clone(), source })?;
-        let mut out: Box<dyn Write> = match (p.skip, rewrite_for) {
-            (true, _) => Box::new(io::sink()),
-            (false, Some(_)) => Box::new(Vec::new()),
-            (false, None) => Box::new(BufWriter::with_capacity(256 * 1024, File::create(disk).map_err(write_err)?)),
+        // Skipped entries are only checked; scripts are collected in `script` first.
+        let mut out: Box<dyn Write> = if p.skip || rewrite_for.is_some() {
+            Box::new(io::sink())
+        } else {
+            Box::new(BufWriter::with_capacity(256 * 1024, File::create(disk).map_err(write_err)?))
         };
         let mut script = Vec::new();
         let mut original = algorithm.map(Hasher::new);

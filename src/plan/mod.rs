@@ -351,7 +351,8 @@ fn describe(role: &LayerRole, packages: &[LayerPackage]) -> String {
         LayerRole::Family { name, part, parts } if *parts > 1 => format!("family {name} (part {part} of {parts})"),
         LayerRole::Family { name, .. } => format!("family {name}"),
         LayerRole::Dependencies { part, parts } if *parts > 1 => format!("dependencies (part {part} of {parts})"),
-        LayerRole::Dependencies { .. } | LayerRole::Venvs => "dependencies".to_owned(),
+        LayerRole::Dependencies { .. } => "dependencies".to_owned(),
+        LayerRole::Venvs => "venvs".to_owned(),
     };
     let unique: BTreeSet<String> = packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
     let mut env_names: Vec<&str> = Vec::new();

@@ -1088,3 +1088,31 @@ fn bearer_tokens_are_fetched_per_scope_and_cached() {
     assert_eq!(resolved.digest, fixture.image.manifest.digest);
     assert_eq!(tokens.requests().last().map(|r| (r.0.clone(), r.2.clone())), Some(("POST".into(), "refresh-token".into())));
 }
+
+#[path = "it/support/dockerd.rs"]
+mod dockerd;
+
+/// A real docker engine (dockerd started by hand, as the e2e tests do) pulls what
+/// galley pushed, over plain HTTP as docker allows for 127.0.0.0/8, and sees the same
+/// manifest digest.
+#[test]
+fn docker_pulls_what_galley_pushed() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: dockerd needs root");
+        return;
+    }
+    let registry = Registry::start();
+    let fixture = fixture("v1");
+    let (_d, cache) = fresh_cache();
+    let repo = registry.repo("galley/docker");
+    push(&fixture, &cache, &repo, &Client::new(options())).unwrap();
+    let daemon = dockerd::Dockerd::start();
+    run(daemon.docker().args(["pull", &format!("{repo}:v1")]));
+    let digests = run(daemon.docker().args(["image", "inspect", "--format", "{{json .RepoDigests}}", &format!("{repo}:v1")]));
+    assert!(digests.contains(&format!("{repo}@{}", fixture.image.manifest.digest)), "{digests}");
+    // docker unpacked every layer and checked it against the config's diff_ids.
+    let layers = run(daemon.docker().args(["image", "inspect", "--format", "{{json .RootFS.Layers}}", &format!("{repo}:v1")]));
+    for l in &fixture.image.layers {
+        assert!(layers.contains(&l.diff_id.to_string()), "{layers}");
+    }
+}

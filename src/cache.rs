@@ -5,8 +5,11 @@
 //! layers-v1/<key>.json        packed layer records, keyed by the hash of the layer's inputs
 //! bases-v1/<key>/             imported base images (debian rootfs tars, index records)
 //! memo-v1/<key>.json          file content digests remembered by (path, size, mtime, inode)
+//! probes-v1/<config>.json     what a base image holds: Python interpreter, C library
+//! wheels-v1/<sha256>.whl      downloaded wheels, verified against the lock's sha256
 //! locks/<name>.lock           advisory locks for work that only one build should do
 //! tmp/<pid>-<n>-<name>        files being written; renamed into place when complete
+//! tmp/partials/<sha256>.part  interrupted wheel downloads, continued with a Range request
 //! ```
 //!
 //! Every entry appears by an atomic rename, so a killed build leaves only `tmp/` files,
@@ -46,7 +49,7 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root`, and clears temp files of dead builds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let cache = Self { root: root.into() };
-        for dir in ["blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "locks", "tmp"] {
+        for dir in ["blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "probes-v1", "wheels-v1", "locks", "tmp", "tmp/partials"] {
             let path = cache.root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }

@@ -20,7 +20,7 @@ use crate::manifest::BaseSpec;
 use crate::oci::{Digest, History, ImageConfig, Platform, RootFs, RuntimeConfig};
 
 pub use debian::MMDEBSTRAP_INSTALL_HINT;
-pub use probe::Interpreter;
+pub use probe::{Interpreter, Libc, Probe, probe};
 
 /// PATH for bases that bring no config of their own (Debian's default for root).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

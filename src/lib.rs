@@ -10,6 +10,7 @@ pub mod base;
 pub mod cache;
 pub mod http;
 pub mod layer;
+pub mod lock;
 pub mod manifest;
 pub mod memo;
 pub mod oci;

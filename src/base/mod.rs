@@ -5,7 +5,7 @@
 
 mod debian;
 mod oci;
-mod probe;
+pub(crate) mod probe;
 mod rootfs;
 mod source;
 

@@ -298,7 +298,7 @@ fn choose_wheels(env: &EnvName, packages: Vec<Package>, target: &Target) -> Resu
     let mut wheels = Vec::with_capacity(packages.len());
     for package in packages {
         let Some(best) = tags::best_wheel(&ranks, &package.wheels, |w| &w.filename) else {
-            let mut has: Vec<String> = package.wheels.iter().map(|w| w.filename.tag_string()).collect();
+            let mut has: Vec<String> = package.wheels.iter().map(|w| w.filename.tag_string().to_owned()).collect();
             has.sort();
             has.dedup();
             let has = match (has.is_empty(), package.sdist_only) {
@@ -325,4 +325,316 @@ fn choose_wheels(env: &EnvName, packages: Vec<Package>, target: &Target) -> Resu
     }
     wheels.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(wheels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::{Interpreter, Libc};
+    use crate::layer::LayerPath;
+    use crate::oci::Platform;
+    use std::sync::Mutex;
+
+    /// Keeps the notes a lock writes, to tell kept envs from relocked ones.
+    #[derive(Default)]
+    struct Notes(Mutex<Vec<String>>);
+
+    impl Reporter for Notes {
+        fn on_note(&self, message: &str) {
+            self.0.lock().unwrap().push(message.to_owned());
+        }
+    }
+
+    impl Notes {
+        fn has(&self, text: &str) -> bool {
+            self.0.lock().unwrap().iter().any(|n| n.contains(text))
+        }
+    }
+
+    /// A project directory with galley.toml (Debian base, `envs` appended; lines before
+    /// the first table go into `[image]`) and extra files.
+    fn project(envs: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Manifest) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let (image, envs) = envs.split_at(envs.find('[').unwrap_or(envs.len()));
+        let manifest = format!("[image]\nname = \"app\"\n{image}[base]\ndebian = {{ suite = \"bookworm\", packages = [\"python3\"] }}\n{envs}");
+        std::fs::write(dir.path().join("galley.toml"), &manifest).unwrap();
+        let m = Manifest::load(dir.path()).unwrap();
+        (dir, m)
+    }
+
+    fn reload(dir: &tempfile::TempDir) -> Manifest {
+        Manifest::load(dir.path()).unwrap()
+    }
+
+    /// What bookworm's probe says, without building the base (for tests that need no uv).
+    fn bookworm_probe() -> Probe {
+        Probe {
+            identity: Digest::of(b"bookworm"),
+            description: "debian bookworm".into(),
+            platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
+            interpreter: Some(Interpreter { executable: LayerPath::new("usr/bin/python3.11").unwrap(), version: (3, 11), patch: Some(2) }),
+            libc: Some(Libc::Glibc { major: 2, minor: 36 }),
+        }
+    }
+
+    fn options() -> LockOptions {
+        LockOptions { uv_cache_dir: Some(crate::test_cache_dir().join("uv")), ..LockOptions::default() }
+    }
+
+    fn env(name: &str) -> EnvName {
+        name.parse().unwrap()
+    }
+
+    const SF_ANY: &str = "8ba81ae3a89fd5ab3bef8a8eb481fbbe794e806309675a89b4df48b8d31908a8";
+    const SF_LINUX: &str = "1e38bac1853412871318e82a1ba69a8be677619b56025bbfcccdb41b6cafe82d";
+    const SIX: &str = "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274";
+
+    fn soundfile_pylock(extra: &str) -> String {
+        format!(
+            r#"lock-version = "1.0"
+created-by = "hand"
+[[packages]]
+name = "soundfile"
+version = "0.14.0"
+wheels = [
+  {{ url = "https://files.pythonhosted.org/packages/b1/d1/5e338af9ca6ed0786cd5bb03f6d60de1c325728c1189014f3b59aae7403c/soundfile-0.14.0-py2.py3-none-any.whl", size = 26799, hashes = {{ sha256 = "{SF_ANY}" }} }},
+  {{ url = "https://files.pythonhosted.org/packages/7b/a2/70fd4432b924684c372df8b0a45708c36c057ef3596c9eb53e0a806b980b/soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl", size = 1315963, hashes = {{ sha256 = "{SF_LINUX}" }} }},
+  {{ url = "https://files.pythonhosted.org/packages/x/soundfile-0.14.0-py2.py3-none-macosx_11_0_arm64.whl", size = 1, hashes = {{ sha256 = "{SIX}" }} }},
+]
+{extra}"#
+        )
+    }
+
+    #[test]
+    fn locks_numpy_and_soundfile_for_the_bookworm_base() {
+        let (cache, base) = crate::base::probe::bookworm_python_base();
+        let probe = crate::base::probe(&base, &cache).unwrap();
+        let (_dir, manifest) = project("[envs.core]\nrequirements = [\"numpy\", \"soundfile\"]\n", &[]);
+        let lock = lock_project(&manifest, &probe, None, &options(), &()).unwrap();
+        let core = &lock.envs[&env("core")];
+        assert_eq!(core.python.minor_version(), (3, 11));
+        assert!(core.python.patch.is_some());
+        assert_eq!(core.platform.to_string(), "x86_64-manylinux_2_36");
+        assert_eq!(lock.base.libc, Some(Libc::Glibc { major: 2, minor: 36 }));
+        assert_eq!(lock.base.interpreter.as_ref().map(ToString::to_string).as_deref(), Some("/usr/bin/python3.11"));
+        let names: Vec<&str> = core.wheels.iter().map(|w| w.name.as_ref()).collect();
+        for wanted in ["cffi", "numpy", "pycparser", "soundfile"] {
+            assert!(names.contains(&wanted), "{names:?}");
+        }
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        let ranks = Target { python: core.python, platform: core.platform.clone() }.tag_ranks();
+        for wheel in &core.wheels {
+            assert!(ranks.rank(&wheel.filename).is_some(), "{} does not fit", wheel.filename);
+            assert!(wheel.url.starts_with("https://") && wheel.url.ends_with(".whl"), "{}", wheel.url);
+            assert!(wheel.size.is_some_and(|s| s > 0));
+            assert_eq!(wheel.filename.name(), &wheel.name);
+        }
+        let tags = |name: &str| core.wheels.iter().find(|w| w.name.as_ref() == name).unwrap().filename.tag_string().to_owned();
+        assert!(tags("numpy").starts_with("cp311-cp311-manylinux"), "{}", tags("numpy"));
+        // soundfile also ships a pure wheel without libsndfile: the manylinux one must win.
+        assert!(tags("soundfile").contains("manylinux") && tags("soundfile").contains("x86_64"), "{}", tags("soundfile"));
+
+        // The lock reads back as written, and the base still fits it.
+        let text = lock.to_toml();
+        assert!(text.starts_with("# This file is written by `galley lock`"));
+        assert!(text.contains("[envs.core.inputs]") && text.contains("[[envs.core.wheels]]"), "{text}");
+        assert_eq!(Lockfile::parse(&text, Path::new("galley.lock")).unwrap(), lock);
+        check_fresh(&manifest, &lock, &probe).unwrap();
+    }
+
+    #[test]
+    fn relocking_keeps_unchanged_envs_byte_identical_and_earlier_pins() {
+        let envs = "[envs.core]\nrequirements = [\"numpy<2\"]\n[envs.small]\nrequirements = [\"six\"]\n";
+        let head = "[image]\nname = \"app\"\ndefault-env = \"core\"\n[base]\ndebian = { suite = \"bookworm\", packages = [\"python3\"] }\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("galley.toml"), format!("{head}{envs}")).unwrap();
+        let probe = bookworm_probe();
+        let first = lock_project(&reload(&dir), &probe, None, &options(), &()).unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        assert!(first.write(&path).unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+
+        // Nothing changed: nothing is resolved, the file keeps its bytes.
+        let notes = Notes::default();
+        let again = lock_project(&reload(&dir), &probe, Some(&Lockfile::read(&path).unwrap()), &options(), &notes).unwrap();
+        assert!(notes.has("env core: unchanged") && notes.has("env small: unchanged"));
+        assert!(!again.write(&path).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+        // One env changes: the other keeps its entry byte for byte.
+        std::fs::write(dir.path().join("galley.toml"), format!("{head}{}", envs.replace("[\"six\"]", "[\"six\", \"idna\"]"))).unwrap();
+        let notes = Notes::default();
+        let third = lock_project(&reload(&dir), &probe, Some(&first), &options(), &notes).unwrap();
+        assert!(notes.has("env core: unchanged") && notes.has("env small: resolving"));
+        assert_eq!(third.envs[&env("core")], first.envs[&env("core")]);
+        let section = |lock: &Lockfile| {
+            let text = lock.to_toml();
+            let start = text.find("[envs.core]").unwrap();
+            text[start..text.find("[envs.small]").unwrap()].to_owned()
+        };
+        assert_eq!(section(&third), section(&first));
+        let six = |lock: &Lockfile| lock.envs[&env("small")].wheels.iter().find(|w| w.name.as_ref() == "six").unwrap().version.clone();
+        assert_eq!(six(&third), six(&first));
+        assert!(third.envs[&env("small")].wheels.iter().any(|w| w.name.as_ref() == "idna"));
+    }
+
+    #[test]
+    fn staleness_names_what_changed() {
+        let pylock = soundfile_pylock("");
+        let (dir, manifest) = project(
+            "default-env = \"core\"\n[envs.core]\npylock = \"pylock.toml\"\n[envs.tools]\nrequirements = [\"six\"]\nconstraints = \"c.txt\"\n",
+            &[("pylock.toml", &pylock), ("c.txt", "six<2\n")],
+        );
+        // Build a lock for both envs without uv: lock `core` for real, copy its inputs for `tools`.
+        let probe = bookworm_probe();
+        let only_core = Manifest { envs: manifest.envs.iter().filter(|(n, _)| n.as_str() == "core").map(|(n, s)| (n.clone(), s.clone())).collect(), ..manifest.clone() };
+        let mut lock = lock_project(&only_core, &probe, None, &LockOptions::default(), &()).unwrap();
+        let tools = &manifest.envs[&env("tools")];
+        let core = lock.envs[&env("core")].clone();
+        lock.envs.insert(env("tools"), LockedEnv { inputs: env_inputs(tools).unwrap(), wheels: vec![], ..core });
+        let fresh = |m: &Manifest, p: &Probe| check_fresh(m, &lock, p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(fresh(&manifest, &probe), "");
+        let manifest_text = std::fs::read_to_string(dir.path().join("galley.toml")).unwrap();
+        let edit = |from: &str, to: &str| {
+            std::fs::write(dir.path().join("galley.toml"), manifest_text.replace(from, to)).unwrap();
+            reload(&dir)
+        };
+        let cases = [
+            (edit("[\"six\"]", "[\"six\", \"idna\"]"), "galley.lock is out of date for env tools: requirements changed; run `galley lock` or `galley build --update-lock`"),
+            (edit("requirements = [\"six\"]", "requirements = [\"six\"]\nindex = \"https://example.org/simple\""), "env tools: index changed"),
+            (edit("[envs.tools]", "[envs.extra]\nrequirements = [\"x\"]\n[envs.tools]"), "env extra: it is not locked yet"),
+        ];
+        for (m, want) in &cases {
+            let got = fresh(m, &probe);
+            assert!(got.contains(want), "got:  {got}\nwant: {want}");
+        }
+        std::fs::write(dir.path().join("c.txt"), "six<1.17\n").unwrap();
+        assert!(fresh(&manifest, &probe).contains("env tools: constraints changed"));
+        std::fs::write(dir.path().join("c.txt"), "six<2\n").unwrap();
+        std::fs::write(dir.path().join("pylock.toml"), soundfile_pylock("# edited\n")).unwrap();
+        assert!(fresh(&manifest, &probe).contains("env core: its pylock.toml changed"));
+        std::fs::write(dir.path().join("pylock.toml"), &pylock).unwrap();
+
+        // An env dropped from galley.toml, and bases that moved.
+        let fewer = Manifest { envs: only_core.envs.clone(), ..manifest.clone() };
+        assert!(fresh(&fewer, &probe).contains("env tools: it is no longer in galley.toml"));
+        let mut py312 = probe.clone();
+        py312.interpreter.as_mut().unwrap().version = (3, 12);
+        assert!(fresh(&manifest, &py312).contains("it was locked for Python 3.11.2, the image has Python 3.12.2"));
+        let mut old_glibc = probe.clone();
+        old_glibc.libc = Some(Libc::Glibc { major: 2, minor: 31 });
+        assert!(fresh(&manifest, &old_glibc).contains("locked for x86_64-manylinux_2_36, which does not run on the image's x86_64-manylinux_2_31"));
+        // A newer base that still fits (patch release, newer glibc) keeps the lock fresh.
+        let mut newer = probe.clone();
+        newer.interpreter.as_mut().unwrap().patch = Some(9);
+        newer.libc = Some(Libc::Glibc { major: 2, minor: 41 });
+        newer.identity = Digest::of(b"trixie-ish");
+        assert_eq!(fresh(&manifest, &newer), "");
+    }
+
+    #[test]
+    fn a_pylock_env_chooses_the_platform_wheel_without_uv() {
+        let (_dir, manifest) = project("[envs.audio]\npylock = \"pylock.toml\"\n", &[("pylock.toml", &soundfile_pylock(""))]);
+        let options = LockOptions { uv: Some(PathBuf::from("/nonexistent/uv")), ..LockOptions::default() };
+        let lock = lock_project(&manifest, &bookworm_probe(), None, &options, &()).unwrap();
+        let wheels = &lock.envs[&env("audio")].wheels;
+        assert_eq!(wheels.len(), 1);
+        assert_eq!(wheels[0].filename.to_string(), "soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl");
+        assert_eq!(wheels[0].sha256.hex(), SF_LINUX);
+        assert_eq!(wheels[0].size, Some(1_315_963));
+        assert!(lock.envs[&env("audio")].inputs.pylock.is_some());
+    }
+
+    #[test]
+    fn packages_without_a_fitting_wheel_name_their_tags_and_the_needed_ones() {
+        let extra = format!(
+            "[[packages]]\nname = \"only-sdist\"\nversion = \"1.0\"\nsdist = {{ url = \"https://x.org/only_sdist-1.0.tar.gz\", hashes = {{ sha256 = \"{SIX}\" }} }}\n"
+        );
+        let (_dir, manifest) = project("[envs.core]\npylock = \"pylock.toml\"\n", &[("pylock.toml", &soundfile_pylock(&extra))]);
+        let err = lock_project(&manifest, &bookworm_probe(), None, &LockOptions::default(), &()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("env core: only-sdist 1.0 has no wheel that fits the image: it has only a source distribution; the env needs cp311"), "{text}");
+        assert!(text.contains("manylinux_2_36_x86_64"), "{text}");
+        assert!(err.is_usage());
+
+        // On an aarch64 image soundfile has no platform wheel but its pure one fits.
+        let (_dir, manifest) = project("[envs.core]\npylock = \"pylock.toml\"\n", &[("pylock.toml", &soundfile_pylock(""))]);
+        let arm = LockOptions { python_platform: Some("aarch64-manylinux_2_36".parse().unwrap()), ..LockOptions::default() };
+        let lock = lock_project(&manifest, &bookworm_probe(), None, &arm, &()).unwrap();
+        assert_eq!(lock.envs[&env("core")].wheels[0].filename.tag_string(), "py2.py3-none-any");
+
+        // Only wheels for another Python: named with their tags.
+        let cp312 = format!(
+            "lock-version = \"1.0\"\n[[packages]]\nname = \"fast\"\nversion = \"2.0\"\nwheels = [{{ url = \"https://x.org/fast-2.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl\", hashes = {{ sha256 = \"{SIX}\" }} }}]\n"
+        );
+        let (_dir, manifest) = project("[envs.core]\npylock = \"pylock.toml\"\n", &[("pylock.toml", &cp312)]);
+        let text = lock_project(&manifest, &bookworm_probe(), None, &LockOptions::default(), &()).unwrap_err().to_string();
+        assert!(text.contains("fast 2.0 has no wheel that fits the image: it has wheels for cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64"), "{text}");
+    }
+
+    #[test]
+    fn a_hashed_requirements_env_finds_its_wheels_on_the_index() {
+        let requirements = format!(
+            "# pinned\nsix==1.17.0 --hash=sha256:{SIX}\nsoundfile==0.14.0 \\\n    --hash=sha256:{SF_ANY} \\\n    --hash=sha256:{SF_LINUX}\npywin32==306 ; sys_platform == 'win32' --hash=sha256:{SIX}\n"
+        );
+        let (_dir, manifest) = project("[envs.core]\nrequirements-file = \"requirements.txt\"\n", &[("requirements.txt", &requirements)]);
+        let lock = lock_project(&manifest, &bookworm_probe(), None, &LockOptions::default(), &()).unwrap();
+        let wheels = &lock.envs[&env("core")].wheels;
+        let files: Vec<String> = wheels.iter().map(|w| w.filename.to_string()).collect();
+        assert_eq!(files, ["six-1.17.0-py2.py3-none-any.whl", "soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl"]);
+        assert_eq!(wheels[0].size, Some(11050));
+        assert!(wheels[1].url.starts_with("https://files.pythonhosted.org/"), "{}", wheels[1].url);
+        assert_eq!(wheels[1].sha256.hex(), SF_LINUX);
+
+        // A hash no file has is named with its line.
+        let bad = format!("six==1.17.0 --hash=sha256:{SF_ANY}\n");
+        let (_dir, manifest) = project("[envs.core]\nrequirements-file = \"requirements.txt\"\n", &[("requirements.txt", &bad)]);
+        let text = lock_project(&manifest, &bookworm_probe(), None, &LockOptions::default(), &()).unwrap_err().to_string();
+        assert!(text.contains("requirements.txt line 1: no file of six 1.17.0 on https://pypi.org/simple has one of the listed sha256 hashes"), "{text}");
+    }
+
+    #[test]
+    fn unsatisfiable_requirements_show_uvs_message() {
+        let (_dir, manifest) = project("[envs.core]\nrequirements = [\"numpy<1\"]\n", &[]);
+        let err = lock_project(&manifest, &bookworm_probe(), None, &options(), &()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("uv could not resolve env core"), "{text}");
+        assert!(text.contains("No solution found") && text.contains("numpy<1"), "{text}");
+        assert!(err.is_usage());
+    }
+
+    #[test]
+    fn a_missing_uv_says_how_to_install_it() {
+        let (_dir, manifest) = project("[envs.core]\nrequirements = [\"six\"]\n", &[]);
+        let options = LockOptions { uv: Some(PathBuf::from("/nonexistent/uv")), ..LockOptions::default() };
+        let err = lock_project(&manifest, &bookworm_probe(), None, &options, &()).unwrap_err();
+        assert!(matches!(err, LockError::UvMissing { .. }));
+        let text = err.to_string();
+        assert!(text.contains("/nonexistent/uv") && text.contains("pip install uv") && text.contains("GALLEY_UV"), "{text}");
+    }
+
+    #[test]
+    fn targets_come_from_the_base_the_env_or_the_options() {
+        let (_dir, manifest) = project("[envs.core]\npylock = \"pylock.toml\"\npython = \"3.12\"\n", &[("pylock.toml", "lock-version = \"1.0\"\n")]);
+        let spec = &manifest.envs[&env("core")];
+        let err = target_for(spec, &bookworm_probe(), &LockOptions::default()).unwrap_err().to_string();
+        assert_eq!(err, "[envs.core] `python` is 3.12, but the base image's interpreter /usr/bin/python3.11 is Python 3.11.2; change one of them");
+        let mut bare = bookworm_probe();
+        bare.interpreter = None;
+        assert_eq!(target_for(spec, &bare, &LockOptions::default()).unwrap().python.to_string(), "3.12");
+        let (_dir, plain) = project("[envs.core]\npylock = \"pylock.toml\"\n", &[("pylock.toml", "lock-version = \"1.0\"\n")]);
+        let spec = &plain.envs[&env("core")];
+        let err = target_for(spec, &bare, &LockOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("has no Python interpreter") && err.to_string().contains("set `python = \"3.11\"` in [envs.core]"), "{err}");
+        let forced = LockOptions { python_version: Some("3.13".parse().unwrap()), python_platform: Some("aarch64-manylinux_2_28".parse().unwrap()), ..LockOptions::default() };
+        let target = target_for(spec, &bare, &forced).unwrap();
+        assert_eq!((target.python.to_string(), target.platform.to_string()), ("3.13".into(), "aarch64-manylinux_2_28".into()));
+        bare.libc = None;
+        assert!(target_for(spec, &bare, &LockOptions { python_version: forced.python_version, ..LockOptions::default() }).unwrap_err().to_string().contains("--python-platform"));
+    }
 }

@@ -44,8 +44,11 @@ impl WheelFilename {
     }
 
     /// The tag part of the name, as written (`cp311-cp311-manylinux_2_17_x86_64`).
-    pub fn tag_string(&self) -> String {
-        format!("{}-{}-{}", self.python.join("."), self.abi.join("."), self.platform.join("."))
+    pub fn tag_string(&self) -> &str {
+        let stem = self.filename.strip_suffix(".whl").unwrap_or(&self.filename);
+        // The last three `-`-separated parts; parsing made sure there are at least five.
+        let start = stem.rmatch_indices('-').nth(2).map_or(0, |(i, _)| i + 1);
+        &stem[start..]
     }
 }
 
@@ -339,6 +342,7 @@ mod tests {
         assert_eq!(w.name().as_ref(), "numpy");
         assert_eq!(w.version(), "1.26.4");
         assert_eq!(w.tags().count(), 2);
+        assert_eq!(w.tag_string(), "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64");
         let w = wheel("typing_extensions-4.16.0-py3-none-any.whl");
         assert_eq!(w.name().as_ref(), "typing-extensions");
         let w = wheel("soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl");

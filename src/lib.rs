@@ -8,6 +8,7 @@
 
 pub mod base;
 pub mod cache;
+pub mod fetch;
 pub mod http;
 pub mod layer;
 pub mod lock;

@@ -319,10 +319,10 @@ fn scan_layer(cache: &Cache, digest: &Digest, wanted: &BTreeSet<String>) -> Resu
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).map_err(io_error(&what))?;
             files.insert(path.as_str().to_owned(), bytes);
-        } else if kind == tar::EntryType::Link {
-            if let Some(target) = entry.link_name_bytes().and_then(|l| LayerPath::new(&String::from_utf8_lossy(&l)).ok()) {
-                links.insert(path.as_str().to_owned(), target.as_str().to_owned());
-            }
+        } else if kind == tar::EntryType::Link
+            && let Some(target) = entry.link_name_bytes().and_then(|l| LayerPath::new(&String::from_utf8_lossy(&l)).ok())
+        {
+            links.insert(path.as_str().to_owned(), target.as_str().to_owned());
         }
         if files.len() + links.len() == wanted.len() {
             break;

@@ -312,22 +312,29 @@ mod tests {
         Cache::open(crate::test_cache_dir().join("cache")).unwrap()
     }
 
-    /// Records each download's label, announced size and the bytes reported for it.
+    /// One download as the reporter saw it.
+    struct Task {
+        total: Option<u64>,
+        bytes: u64,
+        done: bool,
+    }
+
     #[derive(Default)]
-    struct Progress(Mutex<Vec<(String, Option<u64>, u64, bool)>>);
+    struct Progress(Mutex<Vec<Task>>);
 
     impl Reporter for Progress {
         fn on_task_start(&self, kind: TaskKind, label: &str, total: Option<u64>) -> usize {
             assert_eq!(kind, TaskKind::Download);
             let mut tasks = self.0.lock().unwrap();
-            tasks.push((label.to_owned(), total, 0, false));
+            assert!(label.contains(".whl"), "{label}");
+            tasks.push(Task { total, bytes: 0, done: false });
             tasks.len() - 1
         }
         fn on_task_progress(&self, id: usize, bytes: u64) {
-            self.0.lock().unwrap()[id].2 += bytes;
+            self.0.lock().unwrap()[id].bytes += bytes;
         }
         fn on_task_done(&self, id: usize) {
-            self.0.lock().unwrap()[id].3 = true;
+            self.0.lock().unwrap()[id].done = true;
         }
     }
 
@@ -379,7 +386,7 @@ mod tests {
         assert!(files_in(&dir.path().join("tmp/partials")).is_empty());
         let tasks = progress.0.lock().unwrap();
         assert_eq!(tasks.len(), 1);
-        assert!(tasks[0].3, "the task is reported done");
+        assert!(tasks[0].done, "the task is reported done");
     }
 
     #[test]
@@ -399,7 +406,7 @@ mod tests {
         let tasks = progress.0.lock().unwrap();
         // Progress counts the kept half once plus the rest: had the server sent the whole
         // file again, the total would exceed the size.
-        assert_eq!((tasks[0].1, tasks[0].2), (Some(bytes.len() as u64), bytes.len() as u64));
+        assert_eq!((tasks[0].total, tasks[0].bytes), (Some(bytes.len() as u64), bytes.len() as u64));
         assert!(files_in(&dir.path().join("tmp/partials")).is_empty());
 
         // A corrupt partial (right length so far, wrong bytes) is thrown away and fetched again.

@@ -120,23 +120,23 @@ pub(super) fn packages(text: &str, origin: &str, target: &Target) -> Result<Vec<
             return Err(format!("{origin} is locked for environments {environments:?}, which exclude Python {} on {}", target.python, target.platform));
         }
     }
-    if let Some(spec) = &file.requires_python {
-        if !fits_python(spec)? {
-            return Err(format!("{origin} requires Python {spec}; the env is for Python {}", target.python));
-        }
+    if let Some(spec) = &file.requires_python
+        && !fits_python(spec)?
+    {
+        return Err(format!("{origin} requires Python {spec}; the env is for Python {}", target.python));
     }
     let mut out: Vec<Package> = Vec::new();
     for package in file.packages {
-        if let Some(marker) = &package.marker {
-            if !applies(marker)? {
-                continue;
-            }
+        if let Some(marker) = &package.marker
+            && !applies(marker)?
+        {
+            continue;
         }
         let name = PackageName::from_str(&package.name).map_err(|e| format!("{origin}: package `{}`: {e}", package.name))?;
-        if let Some(spec) = &package.requires_python {
-            if !fits_python(spec)? {
-                return Err(format!("{origin}: {name} requires Python {spec}; the env is for Python {}", target.python));
-            }
+        if let Some(spec) = &package.requires_python
+            && !fits_python(spec)?
+        {
+            return Err(format!("{origin}: {name} requires Python {spec}; the env is for Python {}", target.python));
         }
         let Some(version) = &package.version else {
             let kind = if package.vcs.is_some() {

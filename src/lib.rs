@@ -7,15 +7,20 @@
 //! manifest, index) → `output` (OCI layout, docker-archive, docker daemon).
 
 pub mod base;
+pub mod build;
 pub mod cache;
 pub mod fetch;
+pub mod files;
 pub mod http;
+pub mod image;
 pub mod layer;
 pub mod lock;
 pub mod manifest;
 pub mod memo;
 pub mod oci;
+pub mod output;
 pub mod progress;
+pub mod runner;
 
 /// Where tests keep downloads worth reusing between runs (wheels, Debian bases):
 /// `$GALLEY_TEST_CACHE`, else `target/test-cache` in the repository.

@@ -1,1 +1,7 @@
-fn main(){}
+//! The `galley` binary: parses arguments, wires the library's stages together, prints.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -13,10 +13,13 @@ use crate::oci::{Digest, Platform};
 
 pub const MMDEBSTRAP_INSTALL_HINT: &str = "install it with `apt-get install -y mmdebstrap` (Debian/Ubuntu)";
 
-pub(super) fn import(spec: &BaseSpec, ctx: &ImportContext<'_>) -> Result<Base, BaseError> {
+pub(super) fn import(spec: &BaseSpec, outer: &ImportContext<'_>) -> Result<Base, BaseError> {
     let BaseSpec::Debian { suite, packages, variant, mirror } = spec else {
         unreachable!("debian::import is only called for Debian bases")
     };
+    // A Debian base is always made reproducibly: mmdebstrap gets SOURCE_DATE_EPOCH
+    // (0 unless set) and every mtime is clamped to it.
+    let ctx = &ImportContext { epoch: Some(outer.epoch.unwrap_or(0)), ..*outer };
     let platform = ctx.platform.cloned().unwrap_or_else(Platform::host);
     let inputs = format!(
         "debian-v1 suite={suite} packages={} variant={variant} mirror={} arch={} epoch={:?}",
@@ -72,9 +75,7 @@ fn run_mmdebstrap(
     if let Some(mirror) = mirror {
         command.arg(mirror);
     }
-    if let Some(epoch) = ctx.epoch {
-        command.env("SOURCE_DATE_EPOCH", epoch.to_string());
-    }
+    command.env("SOURCE_DATE_EPOCH", ctx.epoch.unwrap_or(0).to_string());
     command.stdin(Stdio::null());
     let output = if ctx.show_tool_output {
         command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).status().map(|status| (status, String::new()))

@@ -21,6 +21,7 @@ use crate::oci::{Digest, History, ImageConfig, Platform, RootFs, RuntimeConfig};
 
 pub use debian::MMDEBSTRAP_INSTALL_HINT;
 pub use probe::{Interpreter, Libc, Probe, probe};
+pub use source::ImageFiles;
 
 /// PATH for bases that bring no config of their own (Debian's default for root).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -13,7 +13,7 @@ use super::{Base, BaseError, ImportContext, io_error};
 use crate::cache::TempGuard;
 use crate::layer::{
     Entry, EntryKind, LayerPath, LayerSpec, RootfsIndex, Source, WHITEOUT_PREFIX, decompress, finalize_entries,
-    index_entries, pack_cached,
+    entries_key, index_entries, pack_cached,
 };
 use crate::memo::Memo;
 use crate::oci::{Digest, Platform};
@@ -25,7 +25,7 @@ pub(super) fn import(path: &Path, ctx: &ImportContext<'_>) -> Result<Base, BaseE
     if meta.is_dir() {
         let mut memo = Memo::open(ctx.cache, &format!("rootfs {}", path.display()));
         let entries = dir_entries(path, &what, ctx.epoch)?;
-        let key = entries_key(&entries, &mut memo)?;
+        let key = entries_key("rootfs-dir-v1", &entries, &mut memo).map_err(io_error(&what))?;
         memo.save(ctx.cache);
         from_entries(entries, key, &what, "rootfs directory", platform, ctx)
     } else {
@@ -218,24 +218,4 @@ fn entry(path: LayerPath, kind: EntryKind, meta: &fs::Metadata, epoch: Option<u6
         gid: meta.gid(),
         mtime: clamp(u64::try_from(meta.mtime()).unwrap_or(0), epoch),
     }
-}
-
-/// The cache key of a set of entries: their metadata and content digests.
-pub(crate) fn entries_key(entries: &[Entry], memo: &mut Memo) -> Result<Digest, BaseError> {
-    let mut text = String::from("entries-v1\n");
-    for e in entries {
-        let content = match &e.kind {
-            EntryKind::Dir => "dir".to_owned(),
-            EntryKind::File { source: Source::Path(p), size } => {
-                let meta = fs::metadata(p).map_err(io_error(p.display().to_string()))?;
-                format!("file {size} {}", memo.digest(p, &meta).map_err(io_error(p.display().to_string()))?)
-            }
-            EntryKind::File { source: Source::Bytes(b), .. } => format!("bytes {}", Digest::of(b)),
-            EntryKind::File { source: Source::Span { file, offset }, size } => format!("span {} {offset} {size}", file.display()),
-            EntryKind::Symlink { target } => format!("symlink {target}"),
-            EntryKind::Hardlink { target } => format!("hardlink {target}"),
-        };
-        text.push_str(&format!("{} {:o} {} {} {} {content}\n", e.path, e.mode, e.uid, e.gid, e.mtime));
-    }
-    Ok(Digest::of(text.as_bytes()))
 }

@@ -4,11 +4,13 @@
 mod compress;
 mod entry;
 mod index;
+mod key;
 mod pack;
 mod tar;
 
 pub use compress::Compression;
 pub use entry::{Entry, EntryKind, LayerPath, OPAQUE_WHITEOUT, PathError, Source, WHITEOUT_PREFIX};
 pub use index::{IndexEntry, Node, NodeKind, RootfsIndex, index_entries, read_layer_entries};
+pub use key::entries_key;
 pub use pack::{LayerError, LayerSpec, PackedLayer, finalize_entries, pack_cached};
-pub use tar::{TeeReader, decompress};
+pub use tar::{TeeReader, decompress, write_tar};

@@ -1,0 +1,93 @@
+//! `galley build [DIR]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use galley::build::{BuildOptions, BuildReport, build};
+use galley::layer::Compression;
+use galley::output::DockerHost;
+
+use super::{Global, human_size, load_manifest};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Project directory holding galley.toml (or the path of the manifest itself)
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// OCI image layout directory to write [default: DIR/.galley/out]
+    #[arg(long, short, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Also write a tar that `docker load` and `podman load` accept
+    #[arg(long, value_name = "FILE")]
+    pub docker_archive: Option<PathBuf>,
+    /// Also load the image into the docker daemon at DOCKER_HOST (or /var/run/docker.sock)
+    #[arg(long)]
+    pub load: bool,
+    /// Layer compression
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    pub compression: Compression,
+}
+
+impl BuildArgs {
+    /// Builds the project as these arguments say, printing nothing.
+    pub fn build(&self, global: &Global) -> anyhow::Result<(BuildReport, BuildOptions)> {
+        let manifest = load_manifest(&self.dir)?;
+        let cache = global.cache()?;
+        let options = BuildOptions {
+            compression: self.compression,
+            output: self.output.clone().unwrap_or_else(|| manifest.dir.join(".galley/out")),
+            docker_archive: self.docker_archive.clone(),
+            load: if self.load { Some(DockerHost::from_env()?) } else { None },
+            show_tool_output: global.show_progress(),
+        };
+        let reporter = global.reporter();
+        let report = build(&manifest, &cache, &options, reporter.as_ref())
+            .with_context(|| format!("building {}", manifest.path.display()))?;
+        Ok((report, options))
+    }
+}
+
+pub fn run(global: &Global, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let (report, options) = args.build(global)?;
+    print_report(global, &report, &options);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_report(global: &Global, report: &BuildReport, options: &BuildOptions) {
+    let image = &report.image;
+    let packed = report.layers.iter().filter(|l| l.packed).count();
+    let compressed: u64 = report.layers.iter().map(|l| l.size).sum();
+    if global.json {
+        let doc = json!({
+            "image": image.reference(),
+            "digest": image.descriptor.digest,
+            "platform": image.platform.to_string(),
+            "output": options.output,
+            "docker_archive": options.docker_archive,
+            "loaded": report.loaded,
+            "layers": report.layers,
+            "seconds": report.seconds,
+        });
+        println!("{doc}");
+    } else if !global.quiet {
+        println!("built {} ({}) in {:.2}s", image.reference(), image.platform, report.seconds);
+        println!("  digest  {}", image.descriptor.digest);
+        println!(
+            "  layers  {} ({packed} packed, {} reused), {} compressed",
+            report.layers.len(),
+            report.layers.len() - packed,
+            human_size(compressed)
+        );
+        println!("  output  {} (skopeo: oci:{}:{})", options.output.display(), options.output.display(), image.tag);
+        if let Some(archive) = &options.docker_archive {
+            println!("  archive {}", archive.display());
+        }
+        for line in &report.loaded {
+            println!("  docker  {line}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line interface: clap arguments, one function per command, and the mapping
+//! from errors to exit codes (0 ok, 1 build failure, 2 usage or manifest error,
+//! 3 doctor failure, once the doctor exists).
+
+mod build;
+mod inspect;
+mod reporters;
+mod run;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use galley::cache::Cache;
+use galley::manifest::{Manifest, ManifestError};
+
+/// Exit codes, distinct per kind of failure.
+pub mod exit {
+    pub const BUILD_FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+#[derive(Parser)]
+#[command(name = "galley", version, about = "Build reproducible OCI images for Python ML applications, without a container daemon")]
+struct Cli {
+    /// Content store directory [default: $GALLEY_CACHE, else ~/.cache/galley]
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text, and no progress
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the image described by galley.toml
+    Build(build::BuildArgs),
+    /// Show an image's layers and config (an OCI layout, a docker archive, or a project)
+    Inspect(inspect::InspectArgs),
+    /// Build, then run the image: with docker when a daemon answers, else in a chroot (root)
+    Run(run::RunArgs),
+}
+
+/// Settings every command shares, resolved from the global flags.
+pub struct Global {
+    pub cache_dir: PathBuf,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Global {
+    pub fn cache(&self) -> anyhow::Result<Cache> {
+        Ok(Cache::open(&self.cache_dir)?)
+    }
+
+    /// Whether to draw progress bars: a terminal on stderr, and neither --json nor --quiet.
+    pub fn show_progress(&self) -> bool {
+        !self.json && !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    pub fn reporter(&self) -> Box<dyn galley::progress::Reporter> {
+        if self.quiet {
+            Box::new(())
+        } else if self.show_progress() {
+            Box::new(reporters::Bars::new())
+        } else {
+            Box::new(reporters::NotesOnly)
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::from(exit::USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let global = Global {
+        cache_dir: cli.cache.clone().unwrap_or_else(Cache::default_root),
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    let result = match cli.command {
+        Command::Build(args) => build::run(&global, args),
+        Command::Inspect(args) => inspect::run(&global, args),
+        Command::Run(args) => run::run(&global, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            report_error(&err);
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn report_error(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+/// Usage and manifest errors exit 2; everything else that fails a build exits 1.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<ManifestError>().is_some() {
+            return exit::USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<galley::build::BuildError>() {
+            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return exit::USAGE;
+        }
+    }
+    exit::BUILD_FAILED
+}
+
+/// A usage error found by the CLI itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Loads the manifest of a project directory (or a galley.toml path).
+pub fn load_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    Ok(Manifest::load(dir)?)
+}
+
+/// Human sizes: 1.2 GB, 35.0 MB, 812 B.
+pub fn human_size(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}

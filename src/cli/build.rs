@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use galley::build::{BuildOptions, BuildReport, build};
+use galley::build::{BuildOptions, BuildReport, LockMode, build};
 use galley::layer::Compression;
 use galley::output::DockerHost;
 
@@ -30,6 +30,13 @@ pub struct BuildArgs {
     /// Layer compression
     #[arg(long, value_enum, default_value_t = Compression::Gzip)]
     pub compression: Compression,
+    /// Relock envs whose inputs changed (as `galley lock` does) before building; without
+    /// it a missing or stale galley.lock fails the build
+    #[arg(long)]
+    pub update_lock: bool,
+    /// Download nothing: every locked wheel must already be in the cache
+    #[arg(long)]
+    pub offline: bool,
 }
 
 impl BuildArgs {
@@ -43,6 +50,8 @@ impl BuildArgs {
             docker_archive: self.docker_archive.clone(),
             load: if self.load { Some(DockerHost::from_env()?) } else { None },
             show_tool_output: global.show_progress(),
+            lock: if self.update_lock { LockMode::Update } else { LockMode::Locked },
+            offline: self.offline,
         };
         let reporter = global.reporter();
         let report = build(&manifest, &cache, &options, reporter.as_ref())
@@ -69,6 +78,7 @@ pub fn print_report(global: &Global, report: &BuildReport, options: &BuildOption
             "output": options.output,
             "docker_archive": options.docker_archive,
             "loaded": report.loaded,
+            "wheels": report.wheels.len(),
             "layers": report.layers,
             "seconds": report.seconds,
         });
@@ -83,6 +93,10 @@ pub fn print_report(global: &Global, report: &BuildReport, options: &BuildOption
             human_size(compressed)
         );
         println!("  output  {} (skopeo: oci:{}:{})", options.output.display(), options.output.display(), image.tag);
+        if !report.wheels.is_empty() {
+            let bytes: u64 = report.wheels.iter().filter_map(|w| w.wheel.size).sum();
+            println!("  wheels  {} locked wheels in the cache ({})", report.wheels.len(), human_size(bytes));
+        }
         if let Some(archive) = &options.docker_archive {
             println!("  archive {}", archive.display());
         }

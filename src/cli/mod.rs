@@ -4,6 +4,7 @@
 
 mod build;
 mod inspect;
+mod lock;
 mod reporters;
 mod run;
 
@@ -44,6 +45,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Show an image's layers and config (an OCI layout, a docker archive, or a project)
     Inspect(inspect::InspectArgs),
+    /// Resolve every [envs.*] with uv and write galley.lock
+    Lock(lock::LockArgs),
     /// Build, then run the image: with docker when a daemon answers, else in a chroot (root)
     Run(run::RunArgs),
 }
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(&global, args),
         Command::Inspect(args) => inspect::run(&global, args),
+        Command::Lock(args) => lock::run(&global, args),
         Command::Run(args) => run::run(&global, args),
     };
     match result {
@@ -121,6 +125,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<UsageError>().is_some() {
             return exit::USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<galley::lock::LockError>() {
+            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
         }
     }
     exit::BUILD_FAILED

@@ -65,7 +65,7 @@ pub enum LockError {
     UnsupportedPlatform { env: EnvName, platform: String, why: String },
     #[error("galley.lock is out of date for env {env}: {reason}; run `galley lock` or `galley build --update-lock`")]
     Stale { env: String, reason: String },
-    #[error("{} does not exist; run `galley lock` to create it", path.display())]
+    #[error("{} does not exist; run `galley lock` to create it, or `galley build --update-lock`", path.display())]
     Missing { path: PathBuf },
     #[error("{} cannot be read: {message}", path.display())]
     InvalidLock { path: PathBuf, message: String },
@@ -189,6 +189,21 @@ pub fn lock_project(
         lock.envs.insert(name.clone(), LockedEnv { python: target.python, platform: target.platform, inputs, wheels });
     }
     Ok(lock)
+}
+
+/// `galley lock`: relocks what changed into `galley.lock` beside galley.toml. Returns
+/// the lock and whether the file changed.
+pub fn update_lock_file(
+    manifest: &Manifest,
+    probe: &Probe,
+    options: &LockOptions,
+    reporter: &dyn Reporter,
+) -> Result<(Lockfile, bool), LockError> {
+    let path = manifest.dir.join(LOCK_FILE);
+    let previous = Lockfile::read_optional(&path)?;
+    let lock = lock_project(manifest, probe, previous.as_ref(), options, reporter)?;
+    let changed = lock.write(&path)?;
+    Ok((lock, changed))
 }
 
 /// Fails with [`LockError::Stale`] when `lock` no longer fits galley.toml or the base:

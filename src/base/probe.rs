@@ -68,17 +68,7 @@ impl FromStr for Libc {
     }
 }
 
-impl Serialize for Libc {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Libc {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(Libc);
 
 /// What galley learned about a base image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -93,17 +93,7 @@ impl fmt::Display for WheelFilename {
     }
 }
 
-impl serde::Serialize for WheelFilename {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for WheelFilename {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <String as serde::Deserialize>::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(WheelFilename);
 
 /// `manylinux2014_x86_64` → `manylinux_2_17_x86_64` (PEP 600's aliases).
 fn normalize_legacy_platform(tag: &str) -> String {
@@ -207,17 +197,7 @@ impl FromStr for TargetPlatform {
     }
 }
 
-impl serde::Serialize for TargetPlatform {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for TargetPlatform {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <String as serde::Deserialize>::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(TargetPlatform);
 
 /// What an env is locked for: a CPython version on a platform.
 #[derive(Clone, Debug, PartialEq, Eq)]

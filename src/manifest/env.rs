@@ -17,22 +17,6 @@ pub const DEFAULT_ENV_ROOT: &str = "/opt/galley/envs";
 /// The package index used when an env names none.
 pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 
-/// Implements `Display`, `FromStr`-based `Deserialize` and `Serialize` through `Display`.
-macro_rules! string_newtype_serde {
-    ($ty:ty) => {
-        impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
 /// The name of an env: lowercase letters, digits, `-` and `_`, starting with a letter or digit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EnvName(String);
@@ -64,7 +48,7 @@ impl fmt::Display for EnvName {
     }
 }
 
-string_newtype_serde!(EnvName);
+crate::serde_via_str!(EnvName);
 
 /// A Python version as `major.minor` or `major.minor.patch` (`3.11`, `3.11.2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,7 +90,7 @@ impl fmt::Display for PythonVersion {
     }
 }
 
-string_newtype_serde!(PythonVersion);
+crate::serde_via_str!(PythonVersion);
 
 /// A PEP 508 dependency specifier, kept as written (trimmed) once it parses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,7 +118,7 @@ impl fmt::Display for Requirement {
     }
 }
 
-string_newtype_serde!(Requirement);
+crate::serde_via_str!(Requirement);
 
 /// The URL of a package index (PEP 503 / PEP 691 simple API), without a trailing `/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,7 +152,7 @@ impl fmt::Display for IndexUrl {
     }
 }
 
-string_newtype_serde!(IndexUrl);
+crate::serde_via_str!(IndexUrl);
 
 /// Where an env's packages come from.
 #[derive(Clone, Debug, PartialEq, Eq)]

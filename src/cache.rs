@@ -9,7 +9,8 @@
 //! wheels-v1/<sha256>.whl      downloaded wheels, verified against the lock's sha256
 //! locks/<name>.lock           advisory locks for work that only one build should do
 //! tmp/<pid>-<n>-<name>        files being written; renamed into place when complete
-//! tmp/partials/<sha256>.part  interrupted wheel downloads, continued with a Range request
+//! tmp/partial-<sha256>.whl    an interrupted wheel download, continued with a Range request
+//!                             (no pid in its name, so it outlives the process that began it)
 //! ```
 //!
 //! Every entry appears by an atomic rename, so a killed build leaves only `tmp/` files,
@@ -49,7 +50,7 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root`, and clears temp files of dead builds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let cache = Self { root: root.into() };
-        for dir in ["blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "probes-v1", "wheels-v1", "locks", "tmp", "tmp/partials"] {
+        for dir in ["blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "probes-v1", "wheels-v1", "locks", "tmp"] {
             let path = cache.root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
@@ -215,8 +216,7 @@ mod tests {
             Err(CacheError::Io { path: "x".into(), source: io::Error::other("interrupted") })
         });
         assert!(failed.is_err());
-        let left = fs::read_dir(dir.path().join("tmp")).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "partials").count();
-        assert_eq!(left, 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(!cache.has_blob(&Digest::of(b"partial")));
     }
 

@@ -1,6 +1,6 @@
 //! Downloading locked wheels into the content store (`wheels-v1/<sha256>.whl`).
 //!
-//! A few wheels download at once. Each is streamed into `tmp/partials/<sha256>.part`
+//! A few wheels download at once. Each is streamed into `tmp/partial-<sha256>.whl`
 //! while its sha256 is computed, and renamed into the store only once its size and
 //! sha256 match the lock; a mismatching file is deleted. An interrupted download is
 //! continued with a Range request, by this run's retries or by the next run. Two
@@ -103,7 +103,8 @@ pub fn wheel_path(cache: &Cache, sha256: &Digest) -> PathBuf {
 }
 
 fn partial_path(cache: &Cache, sha256: &Digest) -> PathBuf {
-    cache.bucket("tmp/partials").join(format!("{}.part", sha256.hex()))
+    // Named without a pid, so the cleanup of dead builds' temp files keeps it for resuming.
+    cache.bucket("tmp").join(format!("partial-{}.whl", sha256.hex()))
 }
 
 fn label(wheel: &LockedWheel) -> String {
@@ -383,7 +384,7 @@ mod tests {
         assert!(text.starts_with("1 wheel(s) could not be fetched:\n  - six 1.17.0 (six-1.17.0-py2.py3-none-any.whl): sha256 mismatch"), "{text}");
         assert!(text.contains(&format!("galley.lock says sha256:{SF_LINUX}, the download has sha256:{SIX}")), "{text}");
         assert!(files_in(&dir.path().join("wheels-v1")).is_empty());
-        assert!(files_in(&dir.path().join("tmp/partials")).is_empty());
+        assert!(files_in(&dir.path().join("tmp")).is_empty());
         let tasks = progress.0.lock().unwrap();
         assert_eq!(tasks.len(), 1);
         assert!(tasks[0].done, "the task is reported done");
@@ -407,7 +408,7 @@ mod tests {
         // Progress counts the kept half once plus the rest: had the server sent the whole
         // file again, the total would exceed the size.
         assert_eq!((tasks[0].total, tasks[0].bytes), (Some(bytes.len() as u64), bytes.len() as u64));
-        assert!(files_in(&dir.path().join("tmp/partials")).is_empty());
+        assert!(files_in(&dir.path().join("tmp")).is_empty());
 
         // A corrupt partial (right length so far, wrong bytes) is thrown away and fetched again.
         let dir = tempfile::tempdir().unwrap();

@@ -31,12 +31,14 @@ pub mod fetch;
 pub mod files;
 pub mod http;
 pub mod image;
+pub mod install;
 pub mod layer;
 pub mod lock;
 pub mod manifest;
 pub mod memo;
 pub mod oci;
 pub mod output;
+pub mod plan;
 pub mod progress;
 pub mod runner;
 

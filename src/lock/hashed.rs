@@ -12,7 +12,8 @@ use pep508_rs::{PackageName, VersionOrUrl};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::tags::{Target, WheelFilename};
+use super::tags::Target;
+use crate::install::WheelFilename;
 use super::{LockError, Package, WheelChoice};
 use crate::http::{self, Attempt};
 use crate::manifest::{EnvSpec, IndexUrl};

@@ -10,7 +10,8 @@ use pep508_rs::pep440_rs::Version;
 use serde::{Deserialize, Serialize};
 
 use super::LockError;
-use super::tags::{TargetPlatform, WheelFilename};
+use super::tags::TargetPlatform;
+use crate::install::WheelFilename;
 use crate::base::{Libc, Probe};
 use crate::layer::LayerPath;
 use crate::manifest::{EnvName, IndexUrl, PythonVersion, Requirement};

@@ -30,12 +30,13 @@ use pep508_rs::pep440_rs::Version;
 
 use crate::base::Probe;
 use crate::http::{ClientOptions, HttpError};
+use crate::install::WheelFilename;
 use crate::manifest::{EnvName, EnvSource, EnvSpec, IndexUrl, Manifest, PythonVersion};
 use crate::oci::Digest;
 use crate::progress::Reporter;
 
 pub use lockfile::{EnvInputs, LOCK_FILE, LockedBase, LockedEnv, LockedWheel, Lockfile};
-pub use tags::{Target, TargetPlatform, WheelFilename};
+pub use tags::{Target, TargetPlatform};
 pub use uv::UV_INSTALL_HINT;
 
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +314,7 @@ fn choose_wheels(env: &EnvName, packages: Vec<Package>, target: &Target) -> Resu
     let mut wheels = Vec::with_capacity(packages.len());
     for package in packages {
         let Some(best) = tags::best_wheel(&ranks, &package.wheels, |w| &w.filename) else {
-            let mut has: Vec<String> = package.wheels.iter().map(|w| w.filename.tag_string().to_owned()).collect();
+            let mut has: Vec<String> = package.wheels.iter().map(|w| tags::tag_string(&w.filename)).collect();
             has.sort();
             has.dedup();
             let has = match (has.is_empty(), package.sdist_only) {
@@ -449,10 +450,11 @@ wheels = [
             assert!(wheel.size.is_some_and(|s| s > 0));
             assert_eq!(wheel.filename.name(), &wheel.name);
         }
-        let tags = |name: &str| core.wheels.iter().find(|w| w.name.as_ref() == name).unwrap().filename.tag_string().to_owned();
-        assert!(tags("numpy").starts_with("cp311-cp311-manylinux"), "{}", tags("numpy"));
+        let wheel = |name: &str| core.wheels.iter().find(|w| w.name.as_ref() == name).unwrap();
+        let tag_of = |name: &str| tags::tag_string(&wheel(name).filename);
+        assert!(tag_of("numpy").starts_with("cp311-cp311-manylinux"), "{}", tag_of("numpy"));
         // soundfile also ships a pure wheel without libsndfile: the manylinux one must win.
-        assert!(tags("soundfile").contains("manylinux") && tags("soundfile").contains("x86_64"), "{}", tags("soundfile"));
+        assert!(tag_of("soundfile").contains("manylinux") && tag_of("soundfile").contains("x86_64"), "{}", tag_of("soundfile"));
 
         // The lock reads back as written, and the base still fits it.
         let text = lock.to_toml();
@@ -581,7 +583,7 @@ wheels = [
         let (_dir, manifest) = project("[envs.core]\npylock = \"pylock.toml\"\n", &[("pylock.toml", &soundfile_pylock(""))]);
         let arm = LockOptions { python_platform: Some("aarch64-manylinux_2_36".parse().unwrap()), ..LockOptions::default() };
         let lock = lock_project(&manifest, &bookworm_probe(), None, &arm, &()).unwrap();
-        assert_eq!(lock.envs[&env("core")].wheels[0].filename.tag_string(), "py2.py3-none-any");
+        assert_eq!(tags::tag_string(&lock.envs[&env("core")].wheels[0].filename), "py2.py3-none-any");
 
         // Only wheels for another Python: named with their tags.
         let cp312 = format!(

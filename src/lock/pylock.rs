@@ -8,7 +8,8 @@ use pep508_rs::pep440_rs::{Version, VersionSpecifiers};
 use pep508_rs::{MarkerTree, PackageName};
 use serde::{Deserialize, Serialize};
 
-use super::tags::{Target, WheelFilename};
+use super::tags::Target;
+use crate::install::WheelFilename;
 use super::{LockedWheel, Package, WheelChoice};
 use crate::oci::Digest;
 
@@ -231,7 +232,7 @@ wheels = [{{ url = "https://x.org/whl/cpu/torch-2.4.1%2Bcpu-cp311-cp311-linux_x8
         let names: Vec<String> = packages.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(names, ["typing-extensions", "torch"]);
         assert_eq!(packages[0].wheels[0].size, Some(45571));
-        assert_eq!(packages[1].wheels[0].filename.version(), "2.4.1+cpu");
+        assert_eq!(packages[1].wheels[0].filename.version().to_string(), "2.4.1+cpu");
     }
 
     #[test]

@@ -6,94 +6,22 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder, PackageName};
+use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder};
 
 use crate::base::Libc;
+use crate::install::WheelFilename;
 use crate::manifest::PythonVersion;
 use crate::oci::Platform;
 
-/// A wheel's file name: `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl`,
-/// where each tag part may hold several tags joined by `.`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WheelFilename {
-    filename: String,
-    name: PackageName,
-    version: String,
-    build: Option<(u64, String)>,
-    python: Vec<String>,
-    abi: Vec<String>,
-    platform: Vec<String>,
+/// The tag part of a wheel's name (`cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64`).
+pub fn tag_string(wheel: &WheelFilename) -> String {
+    format!("{}-{}-{}", wheel.python_tags().join("."), wheel.abi_tags().join("."), wheel.platform_tags().join("."))
 }
 
-impl WheelFilename {
-    /// The package name, normalized (`typing-extensions`).
-    pub fn name(&self) -> &PackageName {
-        &self.name
-    }
-
-    /// The version as written in the file name.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    /// Every `python-abi-platform` tag the wheel declares (the expanded tag set).
-    pub fn tags(&self) -> impl Iterator<Item = (&str, &str, &str)> {
-        self.python.iter().flat_map(move |py| {
-            self.abi.iter().flat_map(move |abi| self.platform.iter().map(move |plat| (py.as_str(), abi.as_str(), plat.as_str())))
-        })
-    }
-
-    /// The tag part of the name, as written (`cp311-cp311-manylinux_2_17_x86_64`).
-    pub fn tag_string(&self) -> &str {
-        let stem = self.filename.strip_suffix(".whl").unwrap_or(&self.filename);
-        // The last three `-`-separated parts; parsing made sure there are at least five.
-        let start = stem.rmatch_indices('-').nth(2).map_or(0, |(i, _)| i + 1);
-        &stem[start..]
-    }
+/// A build tag's number (`2b` → 2): the higher one wins between otherwise equal wheels.
+fn build_number(wheel: &WheelFilename) -> u64 {
+    wheel.build().map_or(0, |b| b.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0))
 }
-
-impl FromStr for WheelFilename {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("`{s}` is not a wheel file name: {why}");
-        let stem = s.strip_suffix(".whl").ok_or_else(|| bad("it does not end in .whl"))?;
-        let parts: Vec<&str> = stem.split('-').collect();
-        let (name, version, build, tags) = match parts.as_slice() {
-            [name, version, py, abi, plat] => (*name, *version, None, [*py, *abi, *plat]),
-            [name, version, build, py, abi, plat] => (*name, *version, Some(*build), [*py, *abi, *plat]),
-            _ => return Err(bad("expected name-version[-build]-python-abi-platform.whl")),
-        };
-        let name = PackageName::from_str(name).map_err(|e| bad(&e.to_string()))?;
-        if name.as_ref().is_empty() || version.is_empty() || tags.iter().any(|t| t.is_empty() || t.split('.').any(str::is_empty)) {
-            return Err(bad("a part is empty"));
-        }
-        // A build tag starts with digits; it breaks ties between otherwise equal wheels.
-        let build = build
-            .map(|b| {
-                let digits: String = b.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse::<u64>().map(|n| (n, b[digits.len()..].to_owned())).map_err(|_| bad("its build tag must start with a digit"))
-            })
-            .transpose()?;
-        let split = |t: &str| t.split('.').map(str::to_owned).collect::<Vec<_>>();
-        Ok(Self {
-            filename: s.to_owned(),
-            name,
-            version: version.to_owned(),
-            build,
-            python: split(tags[0]),
-            abi: split(tags[1]),
-            platform: split(tags[2]).iter().map(|p| normalize_legacy_platform(p)).collect(),
-        })
-    }
-}
-
-impl fmt::Display for WheelFilename {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.filename)
-    }
-}
-
-crate::serde_via_str!(WheelFilename);
 
 /// `manylinux2014_x86_64` → `manylinux_2_17_x86_64` (PEP 600's aliases).
 fn normalize_legacy_platform(tag: &str) -> String {
@@ -214,7 +142,12 @@ pub struct TagRanks {
 impl TagRanks {
     /// The best rank among a wheel's tags, or None when it does not fit.
     pub fn rank(&self, wheel: &WheelFilename) -> Option<usize> {
-        wheel.tags().filter_map(|(py, abi, plat)| self.ranks.get(&(py.to_owned(), abi.to_owned(), plat.to_owned())).copied()).min()
+        let (pythons, abis, platforms) = (wheel.python_tags(), wheel.abi_tags(), wheel.platform_tags());
+        pythons
+            .iter()
+            .flat_map(|py| abis.iter().flat_map(move |abi| platforms.iter().map(move |plat| (py, abi, plat))))
+            .filter_map(|(py, abi, plat)| self.ranks.get(&(py.clone(), abi.clone(), normalize_legacy_platform(plat))).copied())
+            .min()
     }
 }
 
@@ -298,7 +231,7 @@ pub fn best_wheel<'a, T>(ranks: &TagRanks, wheels: &'a [T], filename: impl Fn(&T
         .filter_map(|w| ranks.rank(filename(w)).map(|rank| (rank, w)))
         .min_by(|(ra, a), (rb, b)| {
             let (fa, fb) = (filename(a), filename(b));
-            ra.cmp(rb).then_with(|| fb.build.cmp(&fa.build)).then_with(|| fa.filename.cmp(&fb.filename))
+            ra.cmp(rb).then_with(|| build_number(fb).cmp(&build_number(fa))).then_with(|| fa.to_string().cmp(&fb.to_string()))
         })
         .map(|(_, w)| w)
 }
@@ -316,23 +249,10 @@ mod tests {
     }
 
     #[test]
-    fn wheel_filenames_round_trip_and_expand_their_tags() {
+    fn tag_strings_keep_the_written_tags() {
         let w = wheel("numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl");
-        assert_eq!(w.to_string(), "numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl");
-        assert_eq!(w.name().as_ref(), "numpy");
-        assert_eq!(w.version(), "1.26.4");
-        assert_eq!(w.tags().count(), 2);
-        assert_eq!(w.tag_string(), "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64");
-        let w = wheel("typing_extensions-4.16.0-py3-none-any.whl");
-        assert_eq!(w.name().as_ref(), "typing-extensions");
-        let w = wheel("soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl");
-        assert_eq!(w.tags().collect::<Vec<_>>(), [("py2", "none", "manylinux_2_28_x86_64"), ("py3", "none", "manylinux_2_28_x86_64")]);
-        assert_eq!(wheel("x-1.0-2b-py3-none-any.whl").build, Some((2, "b".into())));
-        for bad in ["numpy-1.0.tar.gz", "numpy-1.0-py3-any.whl", "x-1.0-b2-py3-none-any.whl", "x-1.0-py3--any.whl", "-1.0-py3-none-any.whl"] {
-            assert!(bad.parse::<WheelFilename>().is_err(), "{bad}");
-        }
-        let json = serde_json::to_string(&w).unwrap();
-        assert_eq!(serde_json::from_str::<WheelFilename>(&json).unwrap(), w);
+        assert_eq!(tag_string(&w), "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64");
+        assert_eq!(build_number(&wheel("x-1.0-12b-py3-none-any.whl")), 12);
     }
 
     #[test]

@@ -1,0 +1,93 @@
+//! Installed trees in the content store:
+//!
+//! ```text
+//! trees-v1/<key>/tree.json    what the tree holds: package, files with mode/size/sha256
+//! trees-v1/<key>/root/...     the files, laid out relative to the env prefix
+//! ```
+//!
+//! A tree is built in `tmp/` and renamed into place whole, so it is either complete or
+//! absent.
+
+use std::path::{Path, PathBuf};
+
+use pep440_rs::Version;
+use pep508_rs::PackageName;
+use serde::{Deserialize, Serialize};
+
+use super::{EnvLayout, WheelFile, WheelFilename};
+use crate::cache::Cache;
+use crate::layer::LayerPath;
+use crate::oci::Digest;
+
+/// Bump when the installer's output for the same wheel changes.
+const FORMAT: &str = "galley-install-1";
+pub(crate) const BUCKET: &str = "trees-v1";
+
+/// One regular file of an installed tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeFile {
+    /// Relative to the env prefix (`lib/python3.11/site-packages/numpy/__init__.py`, `bin/f2py`).
+    pub path: LayerPath,
+    /// `0o755` or `0o644`.
+    pub mode: u32,
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+/// One wheel installed for one env prefix and Python version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledTree {
+    pub name: PackageName,
+    pub version: Version,
+    pub wheel: WheelFilename,
+    pub wheel_sha256: Digest,
+    /// The cache key: wheel sha256, prefix, Python version and installer format.
+    pub key: Digest,
+    /// Files, sorted by path.
+    pub files: Vec<TreeFile>,
+    /// Directories the wheel names explicitly (kept even when empty), relative to the prefix.
+    pub dirs: Vec<LayerPath>,
+    /// Where the files are on disk; set when the tree is loaded.
+    #[serde(skip)]
+    pub root: PathBuf,
+}
+
+impl InstalledTree {
+    /// The file on disk holding `file`'s bytes.
+    pub fn source(&self, file: &TreeFile) -> PathBuf {
+        self.root.join(file.path.as_str())
+    }
+
+    /// Bytes of all files.
+    pub fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// `name version`, for messages.
+    pub fn package(&self) -> String {
+        format!("{} {}", self.name, self.version)
+    }
+}
+
+pub(crate) fn key(wheel: &WheelFile, layout: &EnvLayout) -> Digest {
+    let (major, minor) = layout.interpreter.version;
+    Digest::of(format!("{FORMAT}\n{}\n{}\n{}\n{major}.{minor}\n", wheel.sha256, wheel.filename, layout.prefix).as_bytes())
+}
+
+pub(crate) fn dir(cache: &Cache, key: &Digest) -> PathBuf {
+    cache.bucket(BUCKET).join(key.hex())
+}
+
+pub(crate) const RECORD_FILE: &str = "tree.json";
+pub(crate) const ROOT_DIR: &str = "root";
+
+/// Loads the tree stored under `key`, if a complete one is there.
+pub(crate) fn load(cache: &Cache, key: &Digest) -> Option<InstalledTree> {
+    load_from(cache, &dir(cache, key)).filter(|t| t.key == *key)
+}
+
+fn load_from(cache: &Cache, dir: &Path) -> Option<InstalledTree> {
+    let mut tree: InstalledTree = cache.read_record(&dir.join(RECORD_FILE))?;
+    tree.root = dir.join(ROOT_DIR);
+    tree.root.is_dir().then_some(tree)
+}

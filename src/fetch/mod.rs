@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cache::{Cache, CacheError};
 use crate::http::{self, Attempt, ClientOptions, HttpError};
+use crate::install::WheelFile;
 use crate::lock::LockedWheel;
 use crate::oci::Digest;
 use crate::progress::{Reporter, TaskKind};
@@ -95,6 +96,13 @@ pub struct FetchedWheel {
     pub wheel: LockedWheel,
     /// `wheels-v1/<sha256>.whl` in the cache.
     pub path: PathBuf,
+}
+
+impl FetchedWheel {
+    /// What the installer takes: the stored file, its name and the sha256 to check.
+    pub fn wheel_file(&self) -> WheelFile {
+        WheelFile { path: self.path.clone(), filename: self.wheel.filename.clone(), sha256: self.wheel.sha256.clone() }
+    }
 }
 
 /// Where the store keeps the wheel with this sha256.
@@ -358,6 +366,8 @@ mod tests {
         }
         let offline = FetchOptions { offline: true, ..FetchOptions::default() };
         assert_eq!(fetch(&cache, &wheels, &offline, &()).unwrap(), fetched);
+        let file = fetched[0].wheel_file();
+        assert_eq!((file.path, file.filename.to_string()), (fetched[0].path.clone(), "soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl".to_owned()));
     }
 
     #[test]

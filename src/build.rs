@@ -10,9 +10,11 @@ use rayon::prelude::*;
 
 use crate::base::{self, Base, BaseError, ImportContext};
 use crate::cache::{Cache, CacheError};
+use crate::fetch::{self, FetchError, FetchOptions, FetchedWheel};
 use crate::files::{self, FilesError};
 use crate::image::{self, BuiltImage, ImageInputs};
 use crate::layer::{Compression, Entry, LayerError, LayerSpec, PackedLayer, entries_key, finalize_entries, pack_cached};
+use crate::lock::{self, LockError, LockOptions, Lockfile};
 use crate::manifest::{LayerPathOrRoot, Manifest};
 use crate::memo::Memo;
 use crate::output::{self, DaemonError, DockerHost, OutputError};
@@ -37,6 +39,10 @@ pub enum BuildError {
     Output(#[from] OutputError),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
 }
 
 impl BuildError {
@@ -47,6 +53,8 @@ impl BuildError {
             Self::Base(e) => e.is_usage(),
             Self::Files(e) => e.is_usage(),
             Self::Daemon(e) => e.is_usage(),
+            Self::Lock(e) => e.is_usage(),
+            Self::Fetch(e) => e.is_usage(),
             Self::Layer(_) | Self::Cache(_) | Self::Output(_) => false,
         }
     }
@@ -65,6 +73,20 @@ pub struct BuildOptions {
     pub show_tool_output: bool,
     /// How to reach registries for `[base] image` (CAs, insecure hosts, credentials).
     pub registry: RegistryOptions,
+    /// What to do when galley.lock is missing or stale.
+    pub lock: LockMode,
+    /// Fetch nothing: every locked wheel must already be in the store.
+    pub offline: bool,
+}
+
+/// How a build treats galley.lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockMode {
+    /// Use the lock as it is; fail when it is missing or stale (cargo's `--locked`).
+    #[default]
+    Locked,
+    /// Relock envs whose inputs changed, write galley.lock, then build (`--update-lock`).
+    Update,
 }
 
 /// One layer of the built image, and whether this build packed it.
@@ -82,6 +104,8 @@ pub struct BuildReport {
     pub image: BuiltImage,
     pub layers: Vec<LayerReport>,
     pub loaded: Vec<String>,
+    /// The locked wheels of every env, in the store.
+    pub wheels: Vec<FetchedWheel>,
     pub seconds: f64,
 }
 
@@ -99,8 +123,9 @@ pub fn build(manifest: &Manifest, cache: &Cache, options: &BuildOptions, reporte
     let started = Instant::now();
     let epoch = source_date_epoch()?;
     let mtime = epoch.unwrap_or(0);
-    let base = import_base(manifest, cache, options, epoch, reporter)?;
+    let base = import_base(manifest, cache, options.compression, options.show_tool_output, &options.registry, reporter)?;
     validate_against_base(manifest, &base)?;
+    let wheels = prepare_envs(manifest, cache, &base, options, reporter)?;
 
     let mut specs = Vec::new();
     for set in files::collect(manifest, &base.index, mtime)? {
@@ -125,7 +150,7 @@ pub fn build(manifest: &Manifest, cache: &Cache, options: &BuildOptions, reporte
     let mut reports: Vec<LayerReport> =
         base.layers.iter().map(|l| layer_report(l, false)).collect();
     reports.extend(packed.iter().map(|(l, fresh)| layer_report(l, *fresh)));
-    Ok(BuildReport { image, layers: reports, loaded, seconds: started.elapsed().as_secs_f64() })
+    Ok(BuildReport { image, layers: reports, loaded, wheels, seconds: started.elapsed().as_secs_f64() })
 }
 
 fn layer_report(layer: &PackedLayer, packed: bool) -> LayerReport {
@@ -138,26 +163,51 @@ fn layer_report(layer: &PackedLayer, packed: bool) -> LayerReport {
     }
 }
 
-fn import_base(
+/// Imports the manifest's base image into the store (or finds it there).
+pub fn import_base(
     manifest: &Manifest,
     cache: &Cache,
-    options: &BuildOptions,
-    epoch: Option<u64>,
+    compression: Compression,
+    show_tool_output: bool,
+    registry: &RegistryOptions,
     reporter: &dyn Reporter,
 ) -> Result<Base, BuildError> {
+    let epoch = source_date_epoch()?;
     let task = reporter.on_task_start(TaskKind::Import, "base image", None);
     let on_bytes = |n: u64| reporter.on_task_progress(task, n);
     let ctx = ImportContext {
         cache,
-        compression: options.compression,
+        compression,
         platform: Some(&manifest.image.platform),
         epoch,
-        show_tool_output: options.show_tool_output,
+        show_tool_output,
         on_bytes: &on_bytes,
     };
-    let base = base::import_using(&manifest.base, &ctx, &Client::new(options.registry.clone()));
+    let base = base::import_using(&manifest.base, &ctx, &Client::new(registry.clone()));
     reporter.on_task_done(task);
     Ok(base?)
+}
+
+/// Checks galley.lock against galley.toml and the base (relocking first under
+/// [`LockMode::Update`]), then makes sure every locked wheel is in the store.
+fn prepare_envs(
+    manifest: &Manifest,
+    cache: &Cache,
+    base: &Base,
+    options: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<Vec<FetchedWheel>, BuildError> {
+    if manifest.envs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let probe = base::probe(base, cache)?;
+    let lock = match options.lock {
+        LockMode::Update => lock::update_lock_file(manifest, &probe, &LockOptions::default(), reporter)?.0,
+        LockMode::Locked => Lockfile::read(&manifest.dir.join(lock::LOCK_FILE))?,
+    };
+    lock::check_fresh(manifest, &lock, &probe)?;
+    let fetch_options = FetchOptions { offline: options.offline, ..FetchOptions::default() };
+    Ok(fetch::fetch(cache, &lock.wheels(&[]), &fetch_options, reporter)?)
 }
 
 /// Checks the parts of `[runtime]` that need the base to judge.

@@ -5,10 +5,14 @@
 //! layers-v1/<key>.json        packed layer records, keyed by the hash of the layer's inputs
 //! bases-v1/<key>/             imported base images (debian rootfs tars, index records)
 //! memo-v1/<key>.json          file content digests remembered by (path, size, mtime, inode)
+//! probes-v1/<config>.json     what a base image holds: Python interpreter, C library
+//! wheels-v1/<sha256>.whl      downloaded wheels, verified against the lock's sha256
 //! trees-v1/<key>/             installed wheel trees (tree.json + root/), keyed by wheel, prefix, python
 //! registry-v1/                pulled-image layouts, and where blobs were pushed (for mounts)
 //! locks/<name>.lock           advisory locks for work that only one build should do
 //! tmp/<pid>-<n>-<name>        files being written; renamed into place when complete
+//! tmp/partial-<sha256>.whl    an interrupted wheel download, continued with a Range request
+//!                             (no pid in its name, so it outlives the process that began it)
 //! ```
 //!
 //! Every entry appears by an atomic rename, so a killed build leaves only `tmp/` files,
@@ -48,7 +52,9 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root`, and clears temp files of dead builds.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let cache = Self { root: root.into() };
-        for dir in ["blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "trees-v1", "registry-v1", "locks", "tmp"] {
+        for dir in [
+            "blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "probes-v1", "trees-v1", "wheels-v1", "registry-v1", "locks", "tmp",
+        ] {
             let path = cache.root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }

@@ -6,14 +6,34 @@
 //! files) → `layer` (deterministic tar, compression, packing) → `image` (config,
 //! manifest, index) → `output` (OCI layout, docker-archive, docker daemon).
 
+/// Serde for a newtype with a grammar: serialized through `Display`, deserialized
+/// through `FromStr` (whose error is shown), so an invalid value cannot be read.
+macro_rules! serde_via_str {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_via_str;
+
 pub mod base;
 pub mod build;
 pub mod cache;
+pub mod fetch;
 pub mod files;
 pub mod http;
 pub mod image;
 pub mod install;
 pub mod layer;
+pub mod lock;
 pub mod manifest;
 pub mod memo;
 pub mod oci;

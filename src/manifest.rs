@@ -11,6 +11,10 @@ use crate::layer::LayerPath;
 use crate::oci::{HealthCheck, Platform};
 use crate::registry::{ImageRef, ReferenceError, Repository};
 
+mod env;
+
+pub use env::{DEFAULT_ENV_ROOT, DEFAULT_INDEX, EnvName, EnvSource, EnvSpec, IndexUrl, PythonVersion, Requirement};
+
 pub const MANIFEST_FILE: &str = "galley.toml";
 
 /// A problem with `galley.toml` or with what it points at. Always a usage error.
@@ -33,6 +37,10 @@ struct RawManifest {
     files: Vec<RawFiles>,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    envs: BTreeMap<String, env::RawEnv>,
+    #[serde(default)]
+    layers: env::RawLayers,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +55,8 @@ struct RawImage {
     registry: Option<String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    env_root: Option<String>,
+    default_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +145,10 @@ pub struct Manifest {
     pub base: BaseSpec,
     pub files: Vec<FileSet>,
     pub runtime: Runtime,
+    /// `[envs.NAME]`, by name.
+    pub envs: BTreeMap<EnvName, EnvSpec>,
+    /// `[layers] families`: family name → package globs, in the order written.
+    pub families: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +163,10 @@ pub struct Image {
     pub annotations: BTreeMap<String, String>,
     /// Where `galley push` and `build --push` send the image unless told otherwise.
     pub registry: Option<Repository>,
+    /// Where envs live in the image (`[image] env-root`).
+    pub env_root: LayerPath,
+    /// The env whose `bin` comes first on PATH: `[image] default-env`, or the only env.
+    pub default_env: Option<EnvName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,15 +285,26 @@ impl Validator<'_> {
         ManifestError::Invalid { path: self.path.to_owned(), field: field.into(), message: message.into() }
     }
 
-    fn validate(&self, raw: RawManifest) -> Result<Manifest, ManifestError> {
-        let image = self.image(raw.image)?;
+    fn validate(&self, mut raw: RawManifest) -> Result<Manifest, ManifestError> {
+        let env_image = env::RawEnvImage { env_root: raw.image.env_root.take(), default_env: raw.image.default_env.take() };
+        let envs = self.envs(raw.envs, env_image, raw.layers)?;
+        let image = self.image(raw.image, envs.env_root, envs.default_env)?;
         let base = self.base(raw.base)?;
         let files = raw.files.into_iter().enumerate().map(|(i, f)| self.files(i + 1, f)).collect::<Result<_, _>>()?;
         let runtime = self.runtime(raw.runtime)?;
-        Ok(Manifest { dir: self.dir.to_owned(), path: self.path.to_owned(), image, base, files, runtime })
+        Ok(Manifest {
+            dir: self.dir.to_owned(),
+            path: self.path.to_owned(),
+            image,
+            base,
+            files,
+            runtime,
+            envs: envs.envs,
+            families: envs.families,
+        })
     }
 
-    fn image(&self, raw: RawImage) -> Result<Image, ManifestError> {
+    fn image(&self, raw: RawImage, env_root: LayerPath, default_env: Option<EnvName>) -> Result<Image, ManifestError> {
         if !is_repository_name(&raw.name) {
             return Err(self.invalid(
                 "[image] `name`",
@@ -315,6 +344,8 @@ impl Validator<'_> {
             description: raw.description,
             annotations: raw.annotations,
             registry,
+            env_root,
+            default_env,
         })
     }
 

@@ -5,7 +5,7 @@
 
 mod debian;
 mod oci;
-mod probe;
+pub(crate) mod probe;
 mod rootfs;
 mod source;
 
@@ -22,7 +22,7 @@ use crate::progress::Reporter;
 use crate::registry::{self, Client, ImageRef, RegistryError, RegistryOptions};
 
 pub use debian::MMDEBSTRAP_INSTALL_HINT;
-pub use probe::Interpreter;
+pub use probe::{Interpreter, Libc, Probe, probe};
 pub use source::ImageFiles;
 
 /// PATH for bases that bring no config of their own (Debian's default for root).

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use galley::build::{BuildOptions, BuildReport, build};
+use galley::build::{BuildOptions, BuildReport, LockMode, build};
 use galley::layer::Compression;
 use galley::output::DockerHost;
 
@@ -33,6 +33,13 @@ pub struct BuildArgs {
     pub compression: Compression,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Relock envs whose inputs changed (as `galley lock` does) before building; without
+    /// it a missing or stale galley.lock fails the build
+    #[arg(long)]
+    pub update_lock: bool,
+    /// Download nothing: every locked wheel must already be in the cache
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// `galley build`: the build, and optionally a push of what it wrote.
@@ -60,6 +67,8 @@ impl BuildArgs {
             show_tool_output: global.show_progress(),
             // Base images come from registries other than the push target: docker's credentials only.
             registry: self.registry.options(None)?,
+            lock: if self.update_lock { LockMode::Update } else { LockMode::Locked },
+            offline: self.offline,
         };
         let reporter = global.reporter();
         let report = build(&manifest, &cache, &options, reporter.as_ref())
@@ -101,6 +110,7 @@ fn build_json(report: &BuildReport, options: &BuildOptions) -> serde_json::Value
         "output": options.output,
         "docker_archive": options.docker_archive,
         "loaded": report.loaded,
+        "wheels": report.wheels.len(),
         "layers": report.layers,
         "seconds": report.seconds,
     })
@@ -122,6 +132,10 @@ pub fn print_report(global: &Global, report: &BuildReport, options: &BuildOption
             human_size(compressed)
         );
         println!("  output  {} (skopeo: oci:{}:{})", options.output.display(), options.output.display(), image.tag);
+        if !report.wheels.is_empty() {
+            let bytes: u64 = report.wheels.iter().filter_map(|w| w.wheel.size).sum();
+            println!("  wheels  {} locked wheels in the cache ({})", report.wheels.len(), human_size(bytes));
+        }
         if let Some(archive) = &options.docker_archive {
             println!("  archive {}", archive.display());
         }

@@ -5,6 +5,7 @@
 mod build;
 mod inspect;
 mod registry;
+mod lock;
 mod reporters;
 mod run;
 
@@ -49,6 +50,8 @@ enum Command {
     Push(registry::PushArgs),
     /// Pull an image from a registry into an OCI layout
     Pull(registry::PullArgs),
+    /// Resolve every [envs.*] with uv and write galley.lock
+    Lock(lock::LockArgs),
     /// Build, then run the image: with docker when a daemon answers, else in a chroot (root)
     Run(run::RunArgs),
 }
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&global, args),
         Command::Push(args) => registry::run_push(&global, args),
         Command::Pull(args) => registry::run_pull(&global, args),
+        Command::Lock(args) => lock::run(&global, args),
         Command::Run(args) => run::run(&global, args),
     };
     match result {
@@ -130,6 +134,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return exit::USAGE;
         }
         if let Some(e) = cause.downcast_ref::<galley::registry::RegistryError>() {
+            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
+        }
+        if let Some(e) = cause.downcast_ref::<galley::lock::LockError>() {
             return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
         }
     }

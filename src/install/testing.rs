@@ -176,7 +176,7 @@ pub(crate) fn host_python() -> PathBuf {
 }
 
 pub(crate) fn host_interpreter() -> Interpreter {
-    Interpreter { executable: LayerPath::new(host_python().to_str().unwrap()).unwrap(), version: (3, 11) }
+    Interpreter { executable: LayerPath::new(host_python().to_str().unwrap()).unwrap(), version: (3, 11), patch: None }
 }
 
 pub(crate) fn layout_at(name: &str, prefix: &Path) -> EnvLayout {

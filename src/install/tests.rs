@@ -469,7 +469,7 @@ fn skeleton_envs_json_and_runtime_env() {
     let layout = EnvLayout::new(
         "core",
         crate::layer::LayerPath::new("/opt/galley/envs/core").unwrap(),
-        crate::base::Interpreter { executable: crate::layer::LayerPath::new("/usr/bin/python3.11").unwrap(), version: (3, 11) },
+        crate::base::Interpreter { executable: crate::layer::LayerPath::new("/usr/bin/python3.11").unwrap(), version: (3, 11), patch: None },
     );
     let skeleton = venv_skeleton(&layout).unwrap();
     let find = |p: &str| skeleton.iter().find(|e| e.path.as_str() == p).unwrap_or_else(|| panic!("{p} in the skeleton"));

@@ -7,3 +7,4 @@ mod bases;
 mod build;
 mod clients;
 mod errors;
+mod lock;

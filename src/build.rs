@@ -10,11 +10,11 @@ use rayon::prelude::*;
 
 use crate::base::{self, Base, BaseError, ImportContext};
 use crate::cache::{Cache, CacheError};
-use crate::fetch::{self, FetchError, FetchOptions, FetchedWheel};
+use crate::envs::{self, EnvError, EnvLayers, EnvOptions, LockMode};
+use crate::fetch::FetchedWheel;
 use crate::files::{self, FilesError};
 use crate::image::{self, BuiltImage, ImageInputs};
 use crate::layer::{Compression, Entry, LayerError, LayerSpec, PackedLayer, entries_key, finalize_entries, pack_cached};
-use crate::lock::{self, LockError, LockOptions, Lockfile};
 use crate::manifest::{LayerPathOrRoot, Manifest};
 use crate::memo::Memo;
 use crate::output::{self, DaemonError, DockerHost, OutputError};
@@ -40,9 +40,7 @@ pub enum BuildError {
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
+    Envs(#[from] EnvError),
 }
 
 impl BuildError {
@@ -53,8 +51,7 @@ impl BuildError {
             Self::Base(e) => e.is_usage(),
             Self::Files(e) => e.is_usage(),
             Self::Daemon(e) => e.is_usage(),
-            Self::Lock(e) => e.is_usage(),
-            Self::Fetch(e) => e.is_usage(),
+            Self::Envs(e) => e.is_usage(),
             Self::Layer(_) | Self::Cache(_) | Self::Output(_) => false,
         }
     }
@@ -79,15 +76,6 @@ pub struct BuildOptions {
     pub offline: bool,
 }
 
-/// How a build treats galley.lock.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LockMode {
-    /// Use the lock as it is; fail when it is missing or stale (cargo's `--locked`).
-    #[default]
-    Locked,
-    /// Relock envs whose inputs changed, write galley.lock, then build (`--update-lock`).
-    Update,
-}
 
 /// One layer of the built image, and whether this build packed it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -125,9 +113,10 @@ pub fn build(manifest: &Manifest, cache: &Cache, options: &BuildOptions, reporte
     let mtime = epoch.unwrap_or(0);
     let base = import_base(manifest, cache, options.compression, options.show_tool_output, &options.registry, reporter)?;
     validate_against_base(manifest, &base)?;
-    let wheels = prepare_envs(manifest, cache, &base, options, reporter)?;
+    let env_options = EnvOptions { lock: options.lock, offline: options.offline, mtime, max_layers: env_layer_budget(&base, manifest) };
+    let EnvLayers { layers: env_layers, env, wheels } = envs::env_layers(manifest, cache, &base, &env_options, reporter)?;
 
-    let mut specs = Vec::new();
+    let mut specs: Vec<LayerSpec> = env_layers.into_iter().map(|planned| planned.spec).collect();
     for set in files::collect(manifest, &base.index, mtime)? {
         let what = format!("files {} -> {}", set.set.src, set.set.dest);
         specs.push(layer_spec(cache, "files-v1", what, set.entries)?);
@@ -140,7 +129,7 @@ pub fn build(manifest: &Manifest, cache: &Cache, options: &BuildOptions, reporte
     let layers: Vec<PackedLayer> = packed.iter().map(|(l, _)| l.clone()).collect();
     let image = image::assemble(
         cache,
-        ImageInputs { manifest, base: &base, layers, epoch: mtime, revision: git_revision(manifest), path_prepend: vec![] },
+        ImageInputs { manifest, base: &base, layers, epoch: mtime, revision: git_revision(manifest), env },
     )?;
     write_outputs(cache, &image, options, mtime)?;
     let loaded = match &options.load {
@@ -188,26 +177,11 @@ pub fn import_base(
     Ok(base?)
 }
 
-/// Checks galley.lock against galley.toml and the base (relocking first under
-/// [`LockMode::Update`]), then makes sure every locked wheel is in the store.
-fn prepare_envs(
-    manifest: &Manifest,
-    cache: &Cache,
-    base: &Base,
-    options: &BuildOptions,
-    reporter: &dyn Reporter,
-) -> Result<Vec<FetchedWheel>, BuildError> {
-    if manifest.envs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let probe = base::probe(base, cache)?;
-    let lock = match options.lock {
-        LockMode::Update => lock::update_lock_file(manifest, &probe, &LockOptions::default(), reporter)?.0,
-        LockMode::Locked => Lockfile::read(&manifest.dir.join(lock::LOCK_FILE))?,
-    };
-    lock::check_fresh(manifest, &lock, &probe)?;
-    let fetch_options = FetchOptions { offline: options.offline, ..FetchOptions::default() };
-    Ok(fetch::fetch(cache, &lock.wheels(&[]), &fetch_options, reporter)?)
+/// Layers the envs may use: the image budget (well under the 125/127-layer limits of
+/// moby and containerd) less the base's layers and the app's.
+fn env_layer_budget(base: &Base, manifest: &Manifest) -> usize {
+    const IMAGE_LAYER_BUDGET: usize = 60;
+    IMAGE_LAYER_BUDGET.saturating_sub(base.layers.len() + manifest.files.len() + 1)
 }
 
 /// Checks the parts of `[runtime]` that need the base to judge.

@@ -31,8 +31,8 @@ pub struct ImageInputs<'a> {
     pub epoch: u64,
     /// The project's source revision (git commit), when known.
     pub revision: Option<String>,
-    /// Directories to put first on PATH (an env's `bin`), in order.
-    pub path_prepend: Vec<String>,
+    /// Variables galley sets before `[runtime] env` (the default env's `PATH`, `VIRTUAL_ENV`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A built image whose blobs are all in the content store.
@@ -129,9 +129,8 @@ fn apply_runtime(config: &mut ImageConfig, inputs: &ImageInputs<'_>, annotations
     let runtime = &inputs.manifest.runtime;
     let c = &mut config.config;
     let mut env = EnvList::new(c.env.take().unwrap_or_default());
-    if !inputs.path_prepend.is_empty() {
-        let current = env.get("PATH").unwrap_or(crate::base::DEFAULT_PATH).to_owned();
-        env.set("PATH", format!("{}:{current}", inputs.path_prepend.join(":")));
+    for (key, value) in &inputs.env {
+        env.set(key, value.clone());
     }
     for (key, value) in &runtime.env {
         let expanded = env.expand(value);

@@ -27,6 +27,7 @@ pub(crate) use serde_via_str;
 pub mod base;
 pub mod build;
 pub mod cache;
+pub mod envs;
 pub mod fetch;
 pub mod files;
 pub mod http;

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use galley::build::{BuildOptions, BuildReport, LockMode, build};
+use galley::build::{BuildOptions, BuildReport, build};
+use galley::envs::LockMode;
 use galley::layer::Compression;
 use galley::output::DockerHost;
 

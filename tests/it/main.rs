@@ -6,5 +6,6 @@ mod support;
 mod bases;
 mod build;
 mod clients;
+mod envs;
 mod errors;
 mod lock;

@@ -1,0 +1,112 @@
+//! Python environments in real images: locked by uv, fetched from PyPI, installed by
+//! galley, laid out by family, and run on the Debian base.
+
+use std::fs;
+
+use crate::support::{Project, debian_base_tar, is_root, json_of, layer_digests, packed_count, stderr, stdout, test_cache};
+
+/// A project on the cached Debian base with `envs` and an app that checks them.
+fn env_project(envs: &str) -> Project {
+    let project = Project::empty();
+    project.write(
+        "galley.toml",
+        &format!(
+            "[image]\nname = \"envs-test\"\n\n[base]\nrootfs = \"{}\"\n\n{envs}\n\n[[files]]\nsrc = \"app/\"\ndest = \"/app\"\n\n\
+             [runtime]\ncmd = [\"python\", \"/app/check.py\"]\nuser = \"1000:1000\"\nworkdir = \"/workspace\"\n",
+            debian_base_tar().display()
+        ),
+    );
+    project.write(
+        "app/check.py",
+        r#"import os, sys
+import numpy as np
+import soundfile as sf
+tone = (np.sin(np.linspace(0, 440 * 2 * np.pi, 16000)) * 0.5).astype("float32")
+sf.write("/workspace/tone.wav", tone, 16000)
+back, rate = sf.read("/workspace/tone.wav", dtype="float32")
+assert rate == 16000 and np.allclose(back, tone, atol=1e-4), "WAV round trip differs"
+print("wav round trip ok")
+print("numpy", np.__version__, "soundfile", sf.__version__, "libsndfile", sf.__libsndfile_version__)
+print("prefix", sys.prefix)
+"#,
+    );
+    project
+}
+
+fn galley(project: &Project, args: &[&str]) -> std::process::Output {
+    project.galley().args(args).env("UV_CACHE_DIR", test_cache().join("uv")).output().unwrap()
+}
+
+#[test]
+fn numpy_and_soundfile_run_in_the_image_with_their_console_script() {
+    let project = env_project("[envs.audio]\nrequirements = [\"numpy>=1.26,<2\", \"soundfile==0.12.1\"]\n[envs.audio.check]\nimports = [\"numpy\", \"soundfile\"]");
+    json_of(&galley(&project, &["lock", "--json"]));
+    let report = json_of(&galley(&project, &["build", "--json"]));
+    let descriptions: Vec<&str> = report["layers"].as_array().unwrap().iter().map(|l| l["description"].as_str().unwrap()).collect();
+    assert!(descriptions.iter().any(|d| d.contains("numpy")), "{descriptions:?}");
+    assert!(descriptions.iter().any(|d| d.contains("venvs audio")), "{descriptions:?}");
+
+    let inspect = json_of(&galley(&project, &["inspect", "--json", "."]));
+    let env: Vec<&str> = inspect[0]["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(env.iter().any(|e| e.starts_with("PATH=/opt/galley/envs/audio/bin:")), "{env:?}");
+    assert!(env.contains(&"VIRTUAL_ENV=/opt/galley/envs/audio"), "{env:?}");
+
+    if !is_root() {
+        eprintln!("skipped running the image: the chroot engine needs root");
+        return;
+    }
+    let output = galley(&project, &["run", "-q", "--engine", "chroot"]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    assert!(text.contains("wav round trip ok"), "{text}");
+    assert!(text.contains("numpy 1.26"), "{text}");
+    assert!(text.contains("prefix /opt/galley/envs/audio"), "{text}");
+
+    // numpy's console script, with the env's interpreter in its shebang.
+    let output = galley(&project, &["run", "-q", "--engine", "chroot", "--", "f2py", "-v"]);
+    assert!(output.status.success(), "{}\n{}", stdout(&output), stderr(&output));
+    assert!(stdout(&output).trim().starts_with("1.26"), "{}", stdout(&output));
+    let output = galley(&project, &["run", "-q", "--engine", "chroot", "--", "cat", "/opt/galley/envs.json"]);
+    let envs: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(envs["default"], "audio", "{envs}");
+}
+
+#[test]
+fn bumping_one_package_repacks_only_its_layer() {
+    let envs = |six: &str| {
+        format!("[envs.app]\nrequirements = [\"idna==3.7\", \"six=={six}\"]\n\n[layers]\nfamilies = {{ stack = [\"idna\"] }}")
+    };
+    let project = env_project(&envs("1.16.0"));
+    project.write("app/check.py", "import idna, six\nprint(six.__version__)\n");
+    json_of(&galley(&project, &["lock", "--json"]));
+    let first = json_of(&galley(&project, &["build", "--json"]));
+    let layers = first["layers"].as_array().unwrap();
+    let family = layers.iter().position(|l| l["description"].as_str().unwrap().contains("stack")).unwrap();
+    let deps = layers.iter().position(|l| l["description"].as_str().unwrap().contains("six")).unwrap();
+    assert_ne!(family, deps, "{first}");
+
+    let manifest = fs::read_to_string(project.path().join("galley.toml")).unwrap();
+    project.write("galley.toml", &manifest.replace(&envs("1.16.0"), &envs("1.17.0")));
+    let second = json_of(&galley(&project, &["build", "--json", "--update-lock"]));
+    let (a, b) = (layer_digests(&first), layer_digests(&second));
+    assert_eq!(a[family], b[family], "the family layer is byte-identical");
+    assert_ne!(a[deps], b[deps], "the layer holding six changed");
+    assert_eq!(packed_count(&second), 2, "six's layer and the venv layer (envs.json lists versions): {second}");
+}
+
+#[test]
+fn a_wheel_that_does_not_match_the_lock_is_rejected_and_not_kept() {
+    let project = env_project("[envs.app]\nrequirements = [\"six==1.16.0\"]");
+    json_of(&galley(&project, &["lock", "--json"]));
+    let lock = fs::read_to_string(project.path().join("galley.lock")).unwrap();
+    let start = lock.find("sha256 = \"").unwrap() + "sha256 = \"".len();
+    let tampered = format!("{}{}{}", &lock[..start], "0".repeat(64), &lock[start + 64..]);
+    project.write("galley.lock", &tampered);
+    let output = galley(&project, &["build"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("six"), "{}", stderr(&output));
+    let wheels = project.cache.join("wheels-v1");
+    let kept: Vec<_> = fs::read_dir(&wheels).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(kept.is_empty(), "nothing is kept: {kept:?}");
+    assert!(!project.out().join("index.json").exists(), "no image was written");
+}

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>          compressed layers, configs, manifests (content-addressed)
-//! layers-v1/<key>.json        packed layer records, keyed by the hash of the layer's inputs
+//! layers-v2/<key>.json        packed layer records, keyed by the hash of the layer's inputs
 //! bases-v1/<key>/             imported base images (debian rootfs tars, index records)
 //! memo-v1/<key>.json          file content digests remembered by (path, size, mtime, inode)
 //! probes-v1/<config>.json     what a base image holds: Python interpreter, C library
@@ -53,7 +53,7 @@ impl Cache {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let cache = Self { root: root.into() };
         for dir in [
-            "blobs/sha256", "layers-v1", "bases-v1", "memo-v1", "probes-v1", "trees-v1", "wheels-v1", "registry-v1", "locks", "tmp",
+            "blobs/sha256", "layers-v2", "bases-v1", "memo-v1", "probes-v1", "trees-v1", "wheels-v1", "registry-v1", "locks", "tmp",
         ] {
             let path = cache.root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(&path))?;

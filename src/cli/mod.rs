@@ -74,7 +74,9 @@ impl Global {
     }
 
     pub fn reporter(&self) -> Box<dyn galley::progress::Reporter> {
-        if self.quiet {
+        if let Some(timings) = reporters::Timings::from_env() {
+            Box::new(timings)
+        } else if self.quiet {
             Box::new(())
         } else if self.show_progress() {
             Box::new(reporters::Bars::new())

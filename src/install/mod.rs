@@ -19,6 +19,7 @@
 
 mod env;
 mod filename;
+mod inflate;
 mod metadata;
 mod record;
 mod tree;

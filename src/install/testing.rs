@@ -39,9 +39,10 @@ pub(crate) fn pypi_wheel(project: &str, version: &str, filename: &str) -> WheelF
     let mut bytes = Vec::new();
     response.body_mut().with_config().limit(2 << 30).reader().read_to_end(&mut bytes).unwrap();
     assert_eq!(Digest::of(&bytes), sha256, "{filename} as downloaded");
-    let tmp = dir.join(format!(".{filename}.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    // Tests running at once may fetch the same wheel: each writes its own temp file.
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).unwrap();
+    tmp.write_all(&bytes).unwrap();
+    tmp.persist(&path).unwrap();
     std::fs::write(&sha_path, sha256.to_string()).unwrap();
     WheelFile { path, filename: filename.parse().unwrap(), sha256 }
 }

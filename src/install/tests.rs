@@ -420,7 +420,7 @@ fn the_tree_records_modes_sizes_and_digests() {
     assert_eq!(mode("share/demo/a,b.txt"), Some(0o644));
     assert!(tree.dirs.iter().any(|d| d.as_str() == "lib/python3.11/site-packages/demo_pkg/empty"));
     for f in &tree.files {
-        let disk = tree.source(f);
+        let disk = tree.path_of(f);
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), f.size, "{}", f.path);
         assert_eq!(file_sha(&disk), f.sha256.to_string(), "{}", f.path);
     }

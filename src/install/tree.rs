@@ -9,6 +9,7 @@
 //! absent.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pep440_rs::Version;
 use pep508_rs::PackageName;
@@ -16,11 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{EnvLayout, WheelFile, WheelFilename};
 use crate::cache::Cache;
-use crate::layer::LayerPath;
+use crate::layer::{DeflateStream, LayerPath, Source};
 use crate::oci::Digest;
 
 /// Bump when the installer's output for the same wheel changes.
-const FORMAT: &str = "galley-install-1";
+const FORMAT: &str = "galley-install-2";
 pub(crate) const BUCKET: &str = "trees-v1";
 
 /// One regular file of an installed tree.
@@ -32,6 +33,11 @@ pub struct TreeFile {
     pub mode: u32,
     pub size: u64,
     pub sha256: Digest,
+    /// Where these exact bytes sit deflated in the wheel, when the file is a zip entry
+    /// stored with method deflate and installed unchanged: a gzip layer copies that stream
+    /// instead of compressing the file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deflated: Option<DeflateStream>,
 }
 
 /// One wheel installed for one env prefix and Python version.
@@ -50,12 +56,25 @@ pub struct InstalledTree {
     /// Where the files are on disk; set when the tree is loaded.
     #[serde(skip)]
     pub root: PathBuf,
+    /// The wheel the tree was installed from (for its deflate streams); set when loaded.
+    #[serde(skip)]
+    pub wheel_path: Arc<PathBuf>,
 }
 
 impl InstalledTree {
     /// The file on disk holding `file`'s bytes.
-    pub fn source(&self, file: &TreeFile) -> PathBuf {
+    pub fn path_of(&self, file: &TreeFile) -> PathBuf {
         self.root.join(file.path.as_str())
+    }
+
+    /// Where a layer reads `file` from: the file on disk, plus the wheel's deflate stream
+    /// of the same bytes when there is one.
+    pub fn source(&self, file: &TreeFile) -> Source {
+        let path = self.path_of(file);
+        match file.deflated {
+            Some(stream) => Source::Deflated { path, file: self.wheel_path.clone(), stream },
+            None => Source::Path(path),
+        }
     }
 
     /// Bytes of all files.
@@ -81,9 +100,11 @@ pub(crate) fn dir(cache: &Cache, key: &Digest) -> PathBuf {
 pub(crate) const RECORD_FILE: &str = "tree.json";
 pub(crate) const ROOT_DIR: &str = "root";
 
-/// Loads the tree stored under `key`, if a complete one is there.
-pub(crate) fn load(cache: &Cache, key: &Digest) -> Option<InstalledTree> {
-    load_from(cache, &dir(cache, key)).filter(|t| t.key == *key)
+/// Loads the tree of `wheel` stored under `key`, if a complete one is there.
+pub(crate) fn load(cache: &Cache, key: &Digest, wheel: &WheelFile) -> Option<InstalledTree> {
+    let mut tree = load_from(cache, &dir(cache, key)).filter(|t| t.key == *key)?;
+    tree.wheel_path = Arc::new(wheel.path.clone());
+    Some(tree)
 }
 
 fn load_from(cache: &Cache, dir: &Path) -> Option<InstalledTree> {

@@ -8,20 +8,22 @@ use std::fs::{self, File, Permissions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::str::FromStr;
 
 use pep440_rs::Version;
 use pep508_rs::PackageName;
 use rayon::prelude::*;
 use sha2::Digest as _;
-use zip::ZipArchive;
+use zip::{CompressionMethod, ZipArchive};
 
+use super::inflate::Inflater;
 use super::metadata::{EntryPoints, Script, parse_headers, shebang};
 use super::record::{self, Algorithm, Hasher, RecordEntry};
 use super::tree::{self, InstalledTree, TreeFile};
 use super::{EnvLayout, InstallError, WheelFile, WheelFilename};
 use crate::cache::{Cache, TempGuard};
-use crate::layer::LayerPath;
+use crate::layer::{DeflateStream, LayerPath};
 use crate::oci::{Digest, HashingWriter};
 use crate::progress::{Reporter, TaskKind};
 
@@ -77,12 +79,12 @@ impl<'a> Installer<'a> {
     /// store lacks it. The wheel's sha256 is checked first; on any error nothing is left.
     pub fn install(&self, wheel: &WheelFile, layout: &EnvLayout) -> Result<InstalledTree, InstallError> {
         let key = tree::key(wheel, layout);
-        if let Some(tree) = tree::load(self.cache, &key) {
+        if let Some(tree) = tree::load(self.cache, &key, wheel) {
             return Ok(tree);
         }
         // Builds sharing the cache wait for each other instead of unpacking twice.
         let _lock = self.cache.lock(&format!("tree-{}", key.hex()))?;
-        if let Some(tree) = tree::load(self.cache, &key) {
+        if let Some(tree) = tree::load(self.cache, &key, wheel) {
             return Ok(tree);
         }
         let read_err = |source| InstallError::Read { wheel: wheel.filename.to_string(), path: wheel.path.clone(), source };
@@ -119,6 +121,7 @@ impl<'a> Installer<'a> {
             files,
             dirs,
             root: PathBuf::new(),
+            wheel_path: Arc::default(),
         };
         let record = staging.join(tree::RECORD_FILE);
         let json = serde_json::to_vec(&tree).map_err(|e| write_err(&record)(e.into()))?;
@@ -127,10 +130,10 @@ impl<'a> Installer<'a> {
         if let Err(e) = fs::rename(&staging, &dest) {
             // Another process may have finished the same tree first (without our lock,
             // e.g. on a filesystem without locks); theirs is as good as ours.
-            return tree::load(self.cache, &key).ok_or_else(|| write_err(&dest)(e));
+            return tree::load(self.cache, &key, wheel).ok_or_else(|| write_err(&dest)(e));
         }
         std::mem::forget(guard);
-        tree::load(self.cache, &key).ok_or_else(|| write_err(&dest)(io::Error::other("the tree vanished after it was written")))
+        tree::load(self.cache, &key, wheel).ok_or_else(|| write_err(&dest)(io::Error::other("the tree vanished after it was written")))
     }
 }
 
@@ -143,6 +146,15 @@ enum Scheme {
     Data,
 }
 
+/// What the zip directory says about one entry.
+struct Named {
+    name: String,
+    is_dir: bool,
+    size: u64,
+    executable: bool,
+    deflated: bool,
+}
+
 /// One zip entry and where it goes.
 struct Planned {
     index: usize,
@@ -151,6 +163,8 @@ struct Planned {
     scheme: Scheme,
     size: u64,
     executable: bool,
+    /// Stored with method deflate.
+    deflated: bool,
     /// A `.data/scripts` file shadowed by an entry point of the same name: checked, not installed.
     skip: bool,
 }
@@ -202,7 +216,8 @@ impl<'a> Unpack<'a> {
             }
             total = total.saturating_add(entry.size());
             let executable = entry.unix_mode().is_some_and(|m| m & 0o111 != 0);
-            names.push((name, entry.is_dir(), entry.size(), executable));
+            let deflated = entry.compression() == CompressionMethod::Deflated;
+            names.push(Named { name, is_dir: entry.is_dir(), size: entry.size(), executable, deflated });
         }
         if total > limits.max_unpacked_bytes {
             return Err(bomb(format!("it would unpack to {total} bytes, over the limit of {}", limits.max_unpacked_bytes)));
@@ -219,7 +234,7 @@ impl<'a> Unpack<'a> {
 
         let dist_infos: BTreeSet<&str> = names
             .iter()
-            .filter_map(|(n, ..)| n.split('/').next())
+            .filter_map(|n| n.name.split('/').next())
             .filter(|top| top.ends_with(".dist-info"))
             .collect();
         let dist_info = match dist_infos.into_iter().collect::<Vec<_>>().as_slice() {
@@ -299,14 +314,14 @@ impl<'a> Unpack<'a> {
     }
 
     /// Maps every entry to its place under the env prefix.
-    fn plan(&mut self, names: Vec<(String, bool, u64, bool)>) -> Result<(), InstallError> {
+    fn plan(&mut self, names: Vec<Named>) -> Result<(), InstallError> {
         let data_dir = format!("{}.data", self.dist_info);
         let (major, minor) = self.layout.interpreter.version;
         let site = format!("lib/python{major}.{minor}/site-packages");
         let headers = format!("include/site/python{major}.{minor}/{}", self.name);
         let scripts: HashSet<&str> = self.entry_points.console.iter().chain(&self.entry_points.gui).map(|s| s.name.as_str()).collect();
         let mut seen: HashMap<LayerPath, String> = HashMap::new();
-        for (index, (name, is_dir, size, executable)) in names.into_iter().enumerate() {
+        for (index, Named { name, is_dir, size, executable, deflated }) in names.into_iter().enumerate() {
             let unsafe_entry = |why: String| InstallError::UnsafeEntry { wheel: self.wheel.filename.to_string(), entry: name.clone(), why };
             let (scheme, rest) = match name.split_once('/') {
                 Some((top, rest)) if top == data_dir => match rest.split_once('/') {
@@ -346,7 +361,7 @@ impl<'a> Unpack<'a> {
             if !skip && let Some(other) = seen.insert(dest.clone(), name.clone()) {
                 return Err(unsafe_entry(format!("`{other}` installs to the same place, {dest}")));
             }
-            self.files.push(Planned { index, name, dest, scheme, size, executable, skip });
+            self.files.push(Planned { index, name, dest, scheme, size, executable, deflated, skip });
         }
         Ok(())
     }
@@ -412,7 +427,8 @@ impl<'a> Unpack<'a> {
                     entry.size = Some(extracted.size);
                 }
             }
-            out.insert(p.dest.clone(), TreeFile { path: p.dest.clone(), mode, size: extracted.size, sha256: extracted.sha256 });
+            let file = TreeFile { path: p.dest.clone(), mode, size: extracted.size, sha256: extracted.sha256, deflated: extracted.stream };
+            out.insert(p.dest.clone(), file);
         }
 
         let launchers = self.entry_points.console.iter().chain(&self.entry_points.gui).cloned().collect::<Vec<Script>>();
@@ -441,19 +457,29 @@ impl<'a> Unpack<'a> {
         let text = record::write(&mut self.record);
         let disk = self.root.join(record_dest.as_str());
         let (sha256, size) = write_file(&disk, text.as_bytes(), 0o644).map_err(|e| self.write_err(&disk, e))?;
-        out.insert(record_dest.clone(), TreeFile { path: record_dest, mode: 0o644, size, sha256 });
+        out.insert(record_dest.clone(), TreeFile { path: record_dest, mode: 0o644, size, sha256, deflated: None });
 
         let dirs = self.dirs.into_iter().filter(|d| !out.contains_key(d)).collect();
         Ok((self.name, self.version, out.into_values().collect(), dirs))
     }
 
     /// Streams one entry to disk (unless skipped), hashing the original bytes with the
-    /// RECORD's algorithm and the written bytes with sha256. Scripts are read whole so a
-    /// `#!python` first line can be replaced by the env's interpreter.
+    /// RECORD's algorithm and the written bytes with sha256 (once, when they are the same
+    /// bytes and RECORD uses sha256). Scripts are read whole so a `#!python` first line can
+    /// be replaced by the env's interpreter. A deflated entry installed unchanged is
+    /// inflated by [`Inflater`], which tells whether gzip layers may copy its stream.
     fn extract(&mut self, p: &Planned, algorithm: Option<Algorithm>, rewrite_for: Option<&str>, disk: &Path) -> Result<Extracted, InstallError> {
         let wheel = self.wheel.filename.to_string();
         let write_err = |e: io::Error| InstallError::Write { wheel: wheel.clone(), path: disk.to_owned(), source: e };
-        let mut entry = self.archive.by_index(p.index).map_err(|source| InstallError::Zip { wheel: wheel.clone(), source })?;
+        let zip_err = |source| InstallError::Zip { wheel: wheel.clone(), source };
+        let mut entry = if p.deflated && !p.skip && rewrite_for.is_none() {
+            let raw = self.archive.by_index_raw(p.index).map_err(zip_err)?;
+            let offset = raw.data_start().ok_or_else(|| zip_err(zip::result::ZipError::InvalidArchive("no data offset".into())))?;
+            let stream = DeflateStream { offset, length: raw.compressed_size(), crc32: raw.crc32() };
+            EntryReader::Raw(Box::new(Inflater::new(raw, stream)))
+        } else {
+            EntryReader::Zip(self.archive.by_index(p.index).map_err(zip_err)?)
+        };
         // Skipped entries are only checked; scripts are collected in `script` first.
         let mut out: Box<dyn Write> = if p.skip || rewrite_for.is_some() {
             Box::new(io::sink())
@@ -461,7 +487,8 @@ impl<'a> Unpack<'a> {
             Box::new(BufWriter::with_capacity(256 * 1024, File::create(disk).map_err(write_err)?))
         };
         let mut script = Vec::new();
-        let mut original = algorithm.map(Hasher::new);
+        let same_hash = rewrite_for.is_none() && algorithm == Some(Algorithm::Sha256);
+        let mut original = algorithm.filter(|_| !same_hash).map(Hasher::new);
         let mut sha = sha2::Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut n: u64 = 0;
@@ -497,9 +524,15 @@ impl<'a> Unpack<'a> {
         if n < p.size {
             return Err(InstallError::UnsafeEntry { wheel, entry: p.name.clone(), why: format!("it holds {n} bytes, not the declared {}", p.size) });
         }
+        let stream = match entry {
+            EntryReader::Raw(inflater) => inflater
+                .finish()
+                .map_err(|why| InstallError::UnsafeEntry { wheel: wheel.clone(), entry: p.name.clone(), why: format!("it cannot be inflated: {why}") })?,
+            EntryReader::Zip(_) => None,
+        };
         out.flush().map_err(write_err)?;
-        let original_hash = original.map(Hasher::finish).unwrap_or_default();
         if let Some(python) = rewrite_for {
+            let original_hash = original.map(Hasher::finish).unwrap_or_default();
             let rewritten = script.starts_with(b"#!python");
             if rewritten {
                 let rest = script.iter().position(|&b| b == b'\n').map_or(&[][..], |nl| &script[nl + 1..]);
@@ -508,10 +541,12 @@ impl<'a> Unpack<'a> {
                 script = new;
             }
             let (sha256, size) = write_file(disk, &script, 0o755).map_err(write_err)?;
-            return Ok(Extracted { original_hash, sha256, size, rewritten });
+            return Ok(Extracted { original_hash, sha256, size, rewritten, stream: None });
         }
-        let sha256 = Digest::from_hex(&hex::encode(sha.finalize())).map_err(|e| write_err(io::Error::other(e)))?;
-        Ok(Extracted { original_hash, sha256, size: n, rewritten: false })
+        let sha = sha.finalize();
+        let original_hash = if same_hash { sha.to_vec() } else { original.map(Hasher::finish).unwrap_or_default() };
+        let sha256 = Digest::from_hex(&hex::encode(sha)).map_err(|e| write_err(io::Error::other(e)))?;
+        Ok(Extracted { original_hash, sha256, size: n, rewritten: false, stream })
     }
 
     fn script_path(&self, name: &str, minor: u8) -> Result<LayerPath, InstallError> {
@@ -534,7 +569,7 @@ impl<'a> Unpack<'a> {
         }
         let (sha256, size) = write_file(&disk, bytes, mode).map_err(|e| self.write_err(&disk, e))?;
         self.record.push(RecordEntry { path: relative(site, dest), hash: Some(record::sha256_field(&sha256)), size: Some(size) });
-        Ok(TreeFile { path: dest.clone(), mode, size, sha256 })
+        Ok(TreeFile { path: dest.clone(), mode, size, sha256, deflated: None })
     }
 
     fn record_err(&self, entry: &str, why: &str) -> InstallError {
@@ -553,6 +588,23 @@ struct Extracted {
     sha256: Digest,
     size: u64,
     rewritten: bool,
+    /// The entry's deflate stream, when gzip layers may copy it (see [`Inflater`]).
+    stream: Option<DeflateStream>,
+}
+
+/// An entry's bytes: from the zip reader, or inflated from its raw stream by [`Inflater`].
+enum EntryReader<'z> {
+    Zip(zip::read::ZipFile<'z, BufReader<File>>),
+    Raw(Box<Inflater<zip::read::ZipFile<'z, BufReader<File>>>>),
+}
+
+impl Read for EntryReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Zip(entry) => entry.read(buf),
+            Self::Raw(inflater) => inflater.read(buf),
+        }
+    }
 }
 
 fn inflates_past(wheel: &str, p: &Planned) -> InstallError {

@@ -118,6 +118,20 @@ pub enum Source {
     Bytes(Arc<[u8]>),
     /// A span of an uncompressed tar archive on disk.
     Span { file: Arc<PathBuf>, offset: u64 },
+    /// A file on disk (`path`, read for the uncompressed bytes) whose exact bytes are also
+    /// `stream`, a raw deflate stream inside `file` (a wheel's zip entry). A gzip layer
+    /// copies that stream as a gzip member of its own instead of compressing the file again.
+    Deflated { path: PathBuf, file: Arc<PathBuf>, stream: DeflateStream },
+}
+
+/// Where a complete raw deflate stream (RFC 1951) sits inside a file, and the CRC-32 of
+/// what it inflates to: a zip entry stored with method deflate. Only streams that were
+/// checked to end exactly at `offset + length` with their final block qualify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DeflateStream {
+    pub offset: u64,
+    pub length: u64,
+    pub crc32: u32,
 }
 
 #[derive(Clone, Debug)]

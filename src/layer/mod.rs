@@ -5,11 +5,12 @@ mod compress;
 mod entry;
 mod index;
 mod key;
+mod members;
 mod pack;
 mod tar;
 
 pub use compress::Compression;
-pub use entry::{Entry, EntryKind, LayerPath, OPAQUE_WHITEOUT, PathError, Source, WHITEOUT_PREFIX};
+pub use entry::{DeflateStream, Entry, EntryKind, LayerPath, OPAQUE_WHITEOUT, PathError, Source, WHITEOUT_PREFIX};
 pub use index::{IndexEntry, Node, NodeKind, RootfsIndex, index_entries, read_layer_entries};
 pub use key::entries_key;
 pub use pack::{LayerError, LayerSpec, PackedLayer, finalize_entries, pack_cached};

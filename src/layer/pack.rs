@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::compress::Compression;
 use super::entry::{Entry, EntryKind, LayerPath};
-use super::tar::write_tar;
+use super::members::{GzipMembers, Passthrough};
+use super::tar::{write_tar, write_tar_with};
 use crate::cache::{Cache, CacheError};
 use crate::oci::{Descriptor, Digest, HashingWriter, MediaType};
 
@@ -93,6 +94,10 @@ pub fn finalize_entries(layer: &str, entries: &mut Vec<Entry>) -> Result<(), Lay
     Ok(())
 }
 
+/// Packed-layer records. v2: gzip layers pass large wheel deflate streams through as
+/// members of their own (`members`); bump when the bytes written for a spec change.
+const BUCKET: &str = "layers-v2";
+
 /// Returns the packed layer for `spec`, packing it only if the store lacks it.
 /// The second value says whether it was packed now.
 pub fn pack_cached(
@@ -101,7 +106,7 @@ pub fn pack_cached(
     compression: Compression,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<(PackedLayer, bool), LayerError> {
-    let record_path = cache.bucket("layers-v1").join(format!("{}-{}.json", spec.key.hex(), compression.name()));
+    let record_path = cache.bucket(BUCKET).join(format!("{}-{}.json", spec.key.hex(), compression.name()));
     if let Some(record) = cache.read_record::<PackedLayer>(&record_path) {
         if cache.has_blob(&record.digest) {
             return Ok((record, false));
@@ -121,11 +126,22 @@ fn pack(
     let pack_err = |source| LayerError::Pack { layer: spec.description.clone(), source };
     let mut diff = None;
     let (digest, size) = cache.put_blob_with(|out| {
-        let encoder = compression.encoder(out).map_err(pack_err)?;
-        let tar_out = HashingWriter::new(encoder);
-        let tar_out = write_tar(&spec.entries, tar_out, on_bytes).map_err(pack_err)?;
-        let (diff_id, uncompressed, encoder) = tar_out.finish();
-        encoder.finish().map_err(pack_err)?;
+        let (diff_id, uncompressed) = match compression {
+            Compression::Gzip => {
+                let passthrough = Passthrough::default();
+                let tar_out = HashingWriter::new(GzipMembers::new(out, passthrough.clone()));
+                let tar_out = write_tar_with(&spec.entries, tar_out, on_bytes, Some(&passthrough)).map_err(pack_err)?;
+                let (diff_id, uncompressed, members) = tar_out.finish();
+                members.finish().map_err(pack_err)?;
+                (diff_id, uncompressed)
+            }
+            Compression::Zstd => {
+                let tar_out = HashingWriter::new(compression.encoder(out).map_err(pack_err)?);
+                let (diff_id, uncompressed, encoder) = write_tar(&spec.entries, tar_out, on_bytes).map_err(pack_err)?.finish();
+                encoder.finish().map_err(pack_err)?;
+                (diff_id, uncompressed)
+            }
+        };
         diff = Some((diff_id, uncompressed));
         Ok::<_, LayerError>(())
     })?;
@@ -147,7 +163,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::layer::entry::Source;
+    use crate::layer::entry::{DeflateStream, Source};
     use crate::layer::tar::decompress;
 
     fn file(path: &str, data: &[u8]) -> Entry {
@@ -285,5 +301,117 @@ mod tests {
         assert!(matches!(finalize_entries("t", &mut dup), Err(LayerError::DuplicatePath { .. })));
         let mut dangling = vec![link("a", "missing")];
         assert!(matches!(finalize_entries("t", &mut dangling), Err(LayerError::DanglingHardlink { .. })));
+    }
+
+    /// Writes `data` to `dir/name` and, like a wheel, as a raw deflate stream (level 1, so
+    /// it differs from what the layer writer would make) inside `dir/name.zip`. Returns
+    /// the source and the raw stream.
+    fn deflated(dir: &std::path::Path, name: &str, data: &[u8]) -> (Source, Vec<u8>) {
+        use std::io::Write as _;
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(1));
+        enc.write_all(data).unwrap();
+        let raw = enc.finish().unwrap();
+        let prefix = b"PK\x03\x04 a local header";
+        let container = dir.join(format!("{name}.zip"));
+        std::fs::write(&container, [&prefix[..], &raw, b"central directory"].concat()).unwrap();
+        std::fs::write(dir.join(name), data).unwrap();
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        let stream = DeflateStream { offset: prefix.len() as u64, length: raw.len() as u64, crc32: crc.sum() };
+        (Source::Deflated { path: dir.join(name), file: Arc::new(container), stream }, raw)
+    }
+
+    fn with_source(path: &str, source: Source, size: usize) -> Entry {
+        Entry { kind: EntryKind::File { source, size: size as u64 }, ..file(path, b"") }
+    }
+
+    /// Compressible but not trivially: a few hundred KB that deflate to about a third.
+    fn payload(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 7 < 4 { b"import torch\n"[i % 13] } else { (x % 64) as u8 + b' ' }
+            })
+            .collect()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn passthrough_gzip_layers_hold_exactly_the_tar_the_normal_path_writes() {
+        let files = tempfile::tempdir().unwrap();
+        let big = payload(300_000, 1);
+        let small = payload(10_000, 2);
+        let long = payload(100_000, 3);
+        let (big_source, big_raw) = deflated(files.path(), "big.so", &big);
+        let (small_source, small_raw) = deflated(files.path(), "small.so", &small);
+        let (long_source, long_raw) = deflated(files.path(), "long.so", &long);
+        let long_path = format!("opt/{}/libtorch_cuda.so", "deep".repeat(40));
+        let mut entries = vec![
+            Entry::dir(LayerPath::new("opt").unwrap(), 0o755, 0, 0, 0),
+            file("opt/a.py", b"print('fresh')\n"),
+            with_source("opt/big.so", big_source, big.len()),
+            with_source("opt/small.so", small_source, small.len()),
+            with_source(&long_path, long_source, long.len()),
+            link("opt/z-link.so", "opt/big.so"),
+            file("opt/zz.txt", b"after the last stream"),
+        ];
+        finalize_entries("t", &mut entries).unwrap();
+        let plain = write_tar(&entries, Vec::new(), |_| {}).unwrap();
+        let s = spec(entries);
+
+        let cache = Cache::open(tempfile::tempdir().unwrap().keep()).unwrap();
+        let (gz, _) = pack_cached(&cache, &s, Compression::Gzip, &|_| {}).unwrap();
+        let blob = std::fs::read(cache.blob_path(&gz.digest)).unwrap();
+        assert!(contains(&blob, &big_raw) && contains(&blob, &long_raw), "large deflate streams are copied as they are");
+        assert!(!contains(&blob, &small_raw), "files under the threshold are compressed afresh");
+
+        let mut inflated = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut inflated).unwrap();
+        assert!(inflated == plain, "the members decompress to the very tar the plain path writes");
+        assert_eq!(gz.diff_id, Digest::of(&plain));
+        assert_eq!(gz.uncompressed_size, plain.len() as u64);
+        let mut first_member = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..]).read_to_end(&mut first_member).unwrap();
+        assert!(first_member.len() < plain.len(), "the blob is several gzip members");
+
+        let (zstd, _) = pack_cached(&cache, &s, Compression::Zstd, &|_| {}).unwrap();
+        assert_eq!(zstd.diff_id, gz.diff_id, "zstd layers hold the same tar, compressed the usual way");
+        assert!(!contains(&std::fs::read(cache.blob_path(&zstd.digest)).unwrap(), &big_raw));
+
+        let other = Cache::open(tempfile::tempdir().unwrap().keep()).unwrap();
+        assert_eq!(pack_cached(&other, &s, Compression::Gzip, &|_| {}).unwrap().0.digest, gz.digest, "same inputs, same bytes");
+    }
+
+    #[test]
+    fn layers_without_passthrough_are_the_single_gzip_stream_they_always_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let mut entries = vec![file("a", &payload(200_000, 4)), file("b", b"small")];
+        finalize_entries("t", &mut entries).unwrap();
+        // What galley wrote before passthrough: the tar straight into one gzip encoder
+        // (the same writes, since deflate's output depends on how its input is chunked).
+        let single = write_tar(&entries, Compression::Gzip.encoder(Vec::new()).unwrap(), |_| {}).unwrap().finish().unwrap();
+        let (layer, _) = pack_cached(&cache, &spec(entries), Compression::Gzip, &|_| {}).unwrap();
+        assert!(std::fs::read(cache.blob_path(&layer.digest)).unwrap() == single);
+    }
+
+    #[test]
+    fn a_passthrough_file_changed_on_disk_fails_the_pack() {
+        let files = tempfile::tempdir().unwrap();
+        let data = payload(100_000, 5);
+        let (source, _) = deflated(files.path(), "lib.so", &data);
+        let mut changed = data.clone();
+        changed[50_000] ^= 1;
+        std::fs::write(files.path().join("lib.so"), &changed).unwrap();
+        let cache = Cache::open(tempfile::tempdir().unwrap().keep()).unwrap();
+        let err = pack_cached(&cache, &spec(vec![with_source("lib.so", source, data.len())]), Compression::Gzip, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("no longer matches the wheel entry"), "{err}");
+        assert_eq!(std::fs::read_dir(cache.bucket("tmp")).unwrap().count(), 0, "nothing is left behind");
     }
 }

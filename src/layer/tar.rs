@@ -4,11 +4,23 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 
 use super::entry::{Entry, EntryKind, Source};
+use super::members::{Announcing, PASSTHROUGH_MIN_BYTES, Passthrough, RawMember};
 
 /// Writes `entries` (already sorted) as a tar stream with GNU headers, numeric
 /// owners, empty user/group names and the entries' own mtimes; nothing else
 /// (no atime, no PAX timestamps, no xattrs) reaches the archive.
-pub fn write_tar<W: Write>(entries: &[Entry], out: W, mut on_entry: impl FnMut(u64)) -> io::Result<W> {
+pub fn write_tar<W: Write>(entries: &[Entry], out: W, on_entry: impl FnMut(u64)) -> io::Result<W> {
+    write_tar_with(entries, out, on_entry, None)
+}
+
+/// [`write_tar`], announcing the deflate streams of large [`Source::Deflated`] files to
+/// `passthrough` as their data begins (see `members`). The tar bytes are the same.
+pub(crate) fn write_tar_with<W: Write>(
+    entries: &[Entry],
+    out: W,
+    mut on_entry: impl FnMut(u64),
+    passthrough: Option<&Passthrough>,
+) -> io::Result<W> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     for entry in entries {
@@ -27,7 +39,13 @@ pub fn write_tar<W: Write>(entries: &[Entry], out: W, mut on_entry: impl FnMut(u
             EntryKind::File { source, size } => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(*size);
-                let reader = open_source(source, *size)?;
+                let mut reader = open_source(source, *size)?;
+                if let (Some(passthrough), Source::Deflated { path: disk, file, stream }) = (passthrough, source)
+                    && *size >= PASSTHROUGH_MIN_BYTES
+                {
+                    let member = RawMember { file: file.clone(), stream: *stream, size: *size };
+                    reader = Box::new(Announcing::new(reader, passthrough.clone(), member, disk));
+                }
                 builder.append_data(&mut header, path, ExactReader::new(reader, *size, path))?;
             }
             EntryKind::Symlink { target } => {
@@ -46,7 +64,7 @@ pub fn write_tar<W: Write>(entries: &[Entry], out: W, mut on_entry: impl FnMut(u
 
 pub(crate) fn open_source(source: &Source, size: u64) -> io::Result<Box<dyn Read + '_>> {
     Ok(match source {
-        Source::Path(path) => Box::new(BufReader::with_capacity(
+        Source::Path(path) | Source::Deflated { path, .. } => Box::new(BufReader::with_capacity(
             256 * 1024,
             File::open(path).map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?,
         )),

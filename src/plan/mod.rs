@@ -263,7 +263,7 @@ fn package_layer(envs: &[EnvInstall], chunk: &Chunk<'_>, role: LayerRole, option
                 Some(target) if options.sharing == EnvSharing::Hardlink && f.size > 0 => EntryKind::Hardlink { target: target.clone() },
                 _ => {
                     first_copy.insert((&f.path, &f.sha256, f.mode), path.clone());
-                    EntryKind::File { source: Source::Path(tree.source(f)), size: f.size }
+                    EntryKind::File { source: tree.source(f), size: f.size }
                 }
             };
             digests.insert(path.clone(), f.sha256.clone());
@@ -337,7 +337,16 @@ fn layer_key(entries: &[Entry], digests: &HashMap<LayerPath, Digest>) -> Digest 
     for e in entries {
         let what = match &e.kind {
             EntryKind::Dir => "dir".to_owned(),
-            EntryKind::File { size, .. } => format!("file {size} {}", digests.get(&e.path).map(ToString::to_string).unwrap_or_default()),
+            EntryKind::File { size, source } => {
+                let digest = digests.get(&e.path).map(ToString::to_string).unwrap_or_default();
+                match source {
+                    // Gzip layers copy this stream: its bytes are part of the layer's.
+                    Source::Deflated { file, stream, .. } => {
+                        format!("file {size} {digest} deflated {} {} {} {:08x}", file.display(), stream.offset, stream.length, stream.crc32)
+                    }
+                    _ => format!("file {size} {digest}"),
+                }
+            }
             EntryKind::Symlink { target } => format!("symlink {target}"),
             EntryKind::Hardlink { target } => format!("hardlink {target}"),
         };

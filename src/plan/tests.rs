@@ -191,3 +191,45 @@ fn identical_files_in_two_envs_are_stored_once() {
     let out = run(Command::new(root.join("asr/bin/python")).args(["-c", "import numpy, sys; print(sys.prefix, numpy.arange(4).sum())"]));
     assert_eq!(out.trim(), format!("{} 6", root.join("asr").display()));
 }
+
+/// numpy's layer in gzip copies the deflate streams of its large files from the wheel,
+/// and still holds exactly the tar that zstd (or a plain gzip stream) holds.
+#[test]
+fn gzip_layers_copy_wheel_streams_and_hold_the_same_tar() {
+    use std::io::{Read, Seek, SeekFrom};
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::open(tmp.path().join("cache")).unwrap();
+    let numpy = pypi_wheel("numpy", "2.1.3", "numpy-2.1.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl");
+    let layout = layout_at("core", Path::new("/opt/galley/envs/core"));
+    let tree = Installer::new(&cache, &()).install(&numpy, &layout).unwrap();
+
+    // Each recorded stream inflates to the installed file.
+    let streams: Vec<_> = tree.files.iter().filter_map(|f| f.deflated.map(|s| (f, s))).collect();
+    assert!(streams.len() > 500, "{} of {} files", streams.len(), tree.files.len());
+    assert!(tree.files.iter().filter(|f| f.path.as_str().ends_with("RECORD") || f.path.as_str().starts_with("bin/")).all(|f| f.deflated.is_none()), "rewritten files have none");
+    let mut wheel = std::fs::File::open(&numpy.path).unwrap();
+    for (file, stream) in streams.iter().filter(|(f, _)| f.size > 1 << 20) {
+        let mut raw = vec![0; usize::try_from(stream.length).unwrap()];
+        wheel.seek(SeekFrom::Start(stream.offset)).unwrap();
+        wheel.read_exact(&mut raw).unwrap();
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(&raw[..]).read_to_end(&mut inflated).unwrap();
+        assert!(inflated == std::fs::read(tree.path_of(file)).unwrap(), "{}", file.path);
+    }
+
+    let layers = plan_env_layers(&[env_of(&layout, vec![tree])], &Families::default(), &PlanOptions::default()).unwrap();
+    let spec = &layers[0].spec;
+    let (gz, _) = pack_cached(&cache, spec, Compression::Gzip, &|_| {}).unwrap();
+    let (zstd, _) = pack_cached(&cache, spec, Compression::Zstd, &|_| {}).unwrap();
+    let plain = crate::layer::write_tar(&spec.entries, Vec::new(), |_| {}).unwrap();
+    let mut members = Vec::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(cache.blob_path(&gz.digest)).unwrap()).read_to_end(&mut members).unwrap();
+    assert!(members == plain, "the gzip members decompress to the tar itself");
+    assert_eq!(gz.diff_id, crate::oci::Digest::of(&plain));
+    assert_eq!(zstd.diff_id, gz.diff_id);
+
+    // What one fresh gzip-6 stream of the same tar weighs, for comparison.
+    let fresh = crate::layer::write_tar(&spec.entries, Compression::Gzip.encoder(Vec::new()).unwrap(), |_| {}).unwrap().finish().unwrap();
+    eprintln!("numpy 2.1.3 layer: {} bytes tar, {} gzip with wheel streams, {} gzip-6 fresh, {} zstd-3", plain.len(), gz.size, fresh.len(), zstd.size);
+    assert!(gz.size * 100 < fresh.len() as u64 * 103, "copying the wheel's streams costs at most 3% in size");
+}

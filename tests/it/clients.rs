@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use crate::support::dockerd::Dockerd;
-use crate::support::{Project, examples, galley, is_root, json_of, run_ok, shared_galley_cache, stderr, stdout};
+use crate::support::{Project, examples, galley, is_root, json_of, podman, run_ok, shared_galley_cache, stderr, stdout};
 
 const GREETING: &str = "hello from galley";
 
@@ -115,17 +115,7 @@ fn podman_loads_and_runs_the_archive() {
     let archive = project.dir.path().join("image.tar");
     project.build(&["--docker-archive", archive.to_str().unwrap(), "--compression", "zstd"]);
     let root = project.dir.path().join("podman");
-    let podman = |args: &[&str]| {
-        let mut command = Command::new("podman");
-        command
-            .arg("--root")
-            .arg(root.join("storage"))
-            .arg("--runroot")
-            .arg(root.join("run"))
-            .args(["--runtime", "runc", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
-            .args(args);
-        command
-    };
+    let podman = |args: &[&str]| podman(&root, args);
     let loaded = run_ok(&mut podman(&["load", "-i", archive.to_str().unwrap()]));
     assert!(loaded.contains("galley-hello:0.1.0"), "{loaded}");
     let text = run_ok(&mut podman(&["run", "--rm", "--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "galley-hello:0.1.0"]));

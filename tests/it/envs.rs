@@ -2,8 +2,12 @@
 //! galley, laid out by family, and run on the Debian base.
 
 use std::fs;
+use std::process::Command;
 
-use crate::support::{Project, debian_base_tar, is_root, json_of, layer_digests, packed_count, stderr, stdout, test_cache};
+use crate::support::dockerd::Dockerd;
+use crate::support::{
+    Project, debian_base_tar, gzip_members, is_root, json_of, layer_digests, packed_count, podman, run_ok, stderr, stdout, test_cache,
+};
 
 /// A project on the cached Debian base with `envs` and an app that checks them.
 fn env_project(envs: &str) -> Project {
@@ -109,4 +113,53 @@ fn a_wheel_that_does_not_match_the_lock_is_rejected_and_not_kept() {
     let kept: Vec<_> = fs::read_dir(&wheels).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(kept.is_empty(), "nothing is kept: {kept:?}");
     assert!(!project.out().join("index.json").exists(), "no image was written");
+}
+
+/// In gzip layers, large installed files are the wheels' own deflate streams, copied as
+/// gzip members of their own. The readers that matter load, unpack and run such images.
+#[test]
+fn layers_with_copied_wheel_streams_run_in_docker_podman_umoci_and_skopeo() {
+    if !is_root() {
+        eprintln!("skipped: dockerd, podman and umoci unpack need root");
+        return;
+    }
+    let project = env_project("[envs.audio]\nrequirements = [\"numpy>=1.26,<2\", \"soundfile==0.12.1\"]");
+    json_of(&galley(&project, &["lock", "--json"]));
+    let archive = project.dir.path().join("image.tar");
+    let report = json_of(&galley(&project, &["build", "--json", "--docker-archive", archive.to_str().unwrap()]));
+    let layers = report["layers"].as_array().unwrap();
+    let numpy = layers.iter().find(|l| l["description"].as_str().unwrap().contains("numpy")).unwrap();
+    let blob = project.out().join("blobs/sha256").join(numpy["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+    let members = gzip_members(&blob);
+    assert!(members > 100, "the numpy layer is {members} gzip members");
+
+    let daemon = Dockerd::start();
+    let loaded = run_ok(daemon.docker().arg("load").arg("-i").arg(&archive));
+    assert!(loaded.contains("envs-test:latest"), "{loaded}");
+    let text = run_ok(daemon.docker().args(["run", "--rm", "--network", "host", "envs-test:latest"]));
+    assert!(text.contains("wav round trip ok") && text.contains("numpy 1.26"), "docker: {text}");
+    drop(daemon);
+
+    let root = project.dir.path().join("podman");
+    run_ok(&mut podman(&root, &["load", "-i", archive.to_str().unwrap()]));
+    let limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+    let text = run_ok(podman(&root, &["run", "--rm", "--network", "host"]).args(limits).arg("envs-test:latest"));
+    assert!(text.contains("wav round trip ok"), "podman: {text}");
+
+    let bundle = project.dir.path().join("bundle");
+    run_ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:latest", project.out().display())).arg(&bundle));
+    let text = run_ok(Command::new("chroot").arg(bundle.join("rootfs")).args(["/opt/galley/envs/audio/bin/python", "/app/check.py"]));
+    assert!(text.contains("wav round trip ok"), "umoci: {text}");
+
+    // skopeo decompresses every layer; each must hash to its diff_id in the config.
+    let copy = project.dir.path().join("skopeo-dir");
+    run_ok(Command::new("skopeo").args(["copy", "--quiet", "--dest-decompress"]).arg(format!("oci:{}:latest", project.out().display())).arg(format!("dir:{}", copy.display())));
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(copy.join("manifest.json")).unwrap()).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(copy.join(config_digest)).unwrap()).unwrap();
+    for diff_id in config["rootfs"]["diff_ids"].as_array().unwrap() {
+        let hex = diff_id.as_str().unwrap().trim_start_matches("sha256:");
+        let sum = run_ok(Command::new("sha256sum").arg(copy.join(hex)));
+        assert!(sum.starts_with(hex), "skopeo's decompressed layer {hex}: {sum}");
+    }
 }

@@ -165,3 +165,30 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// podman with its own storage under `root`, runc, and no systemd or event log: what
+/// works on this machine (run containers with `--ulimit nofile=1024:1024`).
+pub fn podman(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("podman");
+    command
+        .arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--runtime", "runc", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+        .args(args);
+    command
+}
+
+/// How many gzip members (RFC 1952) the file holds, each decompressed to check it.
+pub fn gzip_members(path: &Path) -> usize {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(fs::File::open(path).unwrap());
+    let mut count = 0;
+    while !reader.fill_buf().unwrap().is_empty() {
+        // The bufread decoder reads one member and leaves the rest in `reader`.
+        std::io::copy(&mut flate2::bufread::GzDecoder::new(&mut reader), &mut std::io::sink()).unwrap();
+        count += 1;
+    }
+    count
+}

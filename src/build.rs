@@ -6,8 +6,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use crate::base::{self, Base, BaseError, ImportContext};
 use crate::cache::{Cache, CacheError};
 use crate::envs::{self, EnvError, EnvLayers, EnvOptions, LockMode};
@@ -234,16 +232,15 @@ fn pack_all(
     compression: Compression,
     reporter: &dyn Reporter,
 ) -> Result<Vec<(PackedLayer, bool)>, BuildError> {
-    specs
-        .par_iter()
-        .map(|spec| {
-            let total = spec.entries.iter().map(Entry::content_size).sum();
-            let task = reporter.on_task_start(TaskKind::Pack, &spec.description, Some(total));
-            let result = pack_cached(cache, spec, compression, &|n| reporter.on_task_progress(task, n));
-            reporter.on_task_done(task);
-            Ok(result?)
-        })
-        .collect()
+    let size = |spec: &LayerSpec| spec.entries.iter().map(Entry::content_size).sum();
+    crate::par_map_largest_first(specs, size, |spec| {
+        let task = reporter.on_task_start(TaskKind::Pack, &spec.description, Some(size(spec)));
+        let result = pack_cached(cache, spec, compression, &|n| reporter.on_task_progress(task, n));
+        reporter.on_task_done(task);
+        Ok(result?)
+    })
+    .into_iter()
+    .collect()
 }
 
 fn write_outputs(cache: &Cache, image: &BuiltImage, options: &BuildOptions, mtime: u64) -> Result<(), BuildError> {

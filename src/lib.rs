@@ -44,6 +44,18 @@ pub mod progress;
 pub mod registry;
 pub mod runner;
 
+/// Maps `items` in parallel, handing them to workers largest first (by `size`) so a big
+/// one is not left running alone at the end; the results keep the input order.
+pub(crate) fn par_map_largest_first<T: Sync, R: Send>(items: &[T], size: impl Fn(&T) -> u64, f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::iter::{ParallelBridge, ParallelIterator};
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(&items[i])));
+    // par_bridge gives out one item at a time, in this order, as workers become free.
+    let mut done: Vec<(usize, R)> = order.into_iter().par_bridge().map(|i| (i, f(&items[i]))).collect();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Where tests keep downloads worth reusing between runs (wheels, Debian bases):
 /// `$GALLEY_TEST_CACHE`, else `target/test-cache` in the repository.
 #[cfg(test)]

@@ -13,7 +13,6 @@ use std::str::FromStr;
 
 use pep440_rs::Version;
 use pep508_rs::PackageName;
-use rayon::prelude::*;
 use sha2::Digest as _;
 use zip::{CompressionMethod, ZipArchive};
 
@@ -72,7 +71,8 @@ impl<'a> Installer<'a> {
 
     /// Installs each wheel for `layout`, in parallel; the result keeps the input order.
     pub fn install_all(&self, wheels: &[WheelFile], layout: &EnvLayout) -> Result<Vec<InstalledTree>, InstallError> {
-        wheels.par_iter().map(|w| self.install(w, layout)).collect()
+        let size = |w: &WheelFile| fs::metadata(&w.path).map_or(0, |m| m.len());
+        crate::par_map_largest_first(wheels, size, |w| self.install(w, layout)).into_iter().collect()
     }
 
     /// Returns the installed tree of `wheel` for `layout`, unpacking it only when the

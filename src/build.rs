@@ -72,6 +72,8 @@ pub struct BuildOptions {
     pub lock: LockMode,
     /// Fetch nothing: every locked wheel must already be in the store.
     pub offline: bool,
+    /// Fail when two packages of one env ship one path with different content.
+    pub strict: bool,
 }
 
 
@@ -111,7 +113,13 @@ pub fn build(manifest: &Manifest, cache: &Cache, options: &BuildOptions, reporte
     let mtime = epoch.unwrap_or(0);
     let base = import_base(manifest, cache, options.compression, options.show_tool_output, &options.registry, reporter)?;
     validate_against_base(manifest, &base)?;
-    let env_options = EnvOptions { lock: options.lock, offline: options.offline, mtime, max_layers: env_layer_budget(&base, manifest) };
+    let env_options = EnvOptions {
+        lock: options.lock,
+        offline: options.offline,
+        strict: options.strict,
+        mtime,
+        max_layers: env_layer_budget(&base, manifest),
+    };
     let EnvLayers { layers: env_layers, env, wheels } = envs::env_layers(manifest, cache, &base, &env_options, reporter)?;
 
     let mut specs: Vec<LayerSpec> = env_layers.into_iter().map(|planned| planned.spec).collect();

@@ -160,6 +160,33 @@ impl Cache {
     }
 }
 
+/// A temp file name beside `dest` that names this process, so a later run can tell it
+/// from a live writer's: `.NAME.galley-tmp-PID`.
+pub fn temp_sibling(dest: &Path) -> PathBuf {
+    dest.with_file_name(format!(".{}{TEMP_SIBLING}{}", file_name(dest), std::process::id()))
+}
+
+const TEMP_SIBLING: &str = ".galley-tmp-";
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// Removes the temp siblings of `dest` ([`temp_sibling`]) left by processes that died
+/// (killed mid-write), leaving those of live ones alone.
+pub fn remove_dead_temp_siblings(dest: &Path) {
+    let prefix = format!(".{}{TEMP_SIBLING}", file_name(dest));
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| !process_alive(pid)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid, 0) };
@@ -222,6 +249,21 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(!cache.has_blob(&Digest::of(b"partial")));
+    }
+
+    #[test]
+    fn dead_writers_temp_siblings_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("image.tar");
+        let dead = dir.path().join(".image.tar.galley-tmp-4194305");
+        fs::write(&dead, b"half").unwrap();
+        let live = temp_sibling(&dest);
+        fs::write(&live, b"mine").unwrap();
+        let other = dir.path().join(".other.tar.galley-tmp-4194305");
+        fs::write(&other, b"not ours to judge").unwrap();
+        remove_dead_temp_siblings(&dest);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct EnvLayers {
 pub struct EnvOptions {
     pub lock: LockMode,
     pub offline: bool,
+    /// Two packages of one env shipping one path with different content is an error.
+    pub strict: bool,
     pub mtime: u64,
     /// Layers the envs may use at most (the image's budget less base and app layers).
     pub max_layers: usize,
@@ -124,7 +126,7 @@ pub fn env_layers(
         let task = reporter.on_task_start(TaskKind::Install, &format!("env {name} ({} wheels)", files.len()), None);
         let trees = installer.install_all(&files, &layout);
         reporter.on_task_done(task);
-        installs.push(install::resolve_env(layout, trees?, false, reporter)?);
+        installs.push(install::resolve_env(layout, trees?, options.strict, reporter)?);
     }
 
     let families = Families::new(&manifest.families)?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::layer::{Entry, EntryKind, LayerPath, RootfsIndex, Source};
-use crate::manifest::{FileSet, Manifest};
+use crate::manifest::{FileSet, Manifest, ModeRule, OwnerRule};
 
 /// The ignore files galley reads from the project directory, first found wins.
 pub const IGNORE_FILES: &[&str] = &[".galleyignore", ".dockerignore"];
@@ -141,7 +141,8 @@ struct Collector<'a> {
     mtime: u64,
     project_ignore: &'a IgnoreRules,
     set_excludes: IgnoreRules,
-    owner: (u32, u32),
+    /// Fixed owners, or None to keep each file's own (`owner = "preserve"`).
+    owner: Option<(u32, u32)>,
 }
 
 impl<'a> Collector<'a> {
@@ -160,8 +161,9 @@ impl<'a> Collector<'a> {
         let set_excludes =
             IgnoreRules::new(set.exclude.iter().map(String::as_str)).map_err(|e| invalid("exclude", e.to_string()))?;
         let owner = match &set.owner {
-            None => (0, 0),
-            Some(spec) => resolve_owner(spec, base).map_err(|message| invalid("owner", message))?,
+            OwnerRule::Root => Some((0, 0)),
+            OwnerRule::Preserve => None,
+            OwnerRule::Named(spec) => Some(resolve_owner(spec, base).map_err(|message| invalid("owner", message))?),
         };
         Ok(Self { manifest, set, base, mtime, project_ignore, set_excludes, owner })
     }
@@ -291,18 +293,23 @@ impl<'a> Collector<'a> {
 
     fn add_one(&self, path: &Path, meta: &fs::Metadata, target: LayerPath, out: &mut BTreeMap<LayerPath, Entry>) -> Result<(), FilesError> {
         let ft = meta.file_type();
+        let mode_by = |rule: ModeRule, normalized: u32| match rule {
+            ModeRule::Normalized => normalized,
+            ModeRule::Preserve => meta.mode() & 0o7777,
+            ModeRule::Fixed(mode) => mode,
+        };
         let (kind, mode) = if ft.is_dir() {
-            (EntryKind::Dir, self.set.dir_mode.unwrap_or(0o755))
+            (EntryKind::Dir, mode_by(self.set.dir_mode, 0o755))
         } else if ft.is_symlink() {
             let link = fs::read_link(path).map_err(io_err(path))?;
             (EntryKind::Symlink { target: link.to_string_lossy().into_owned() }, 0o777)
         } else if ft.is_file() {
             let normalized = if meta.mode() & 0o100 != 0 { 0o755 } else { 0o644 };
-            (EntryKind::File { source: Source::Path(path.to_owned()), size: meta.len() }, self.set.mode.unwrap_or(normalized))
+            (EntryKind::File { source: Source::Path(path.to_owned()), size: meta.len() }, mode_by(self.set.mode, normalized))
         } else {
             return Err(self.invalid("src", format!("{} is not a regular file, directory or symlink", path.display())));
         };
-        let (uid, gid) = self.owner;
+        let (uid, gid) = self.owner.unwrap_or((meta.uid(), meta.gid()));
         out.insert(target.clone(), Entry { path: target, kind, mode, uid, gid, mtime: self.mtime });
         Ok(())
     }
@@ -446,6 +453,26 @@ mod tests {
         assert_eq!(run[3].mode, 0o755, "executable bit kept, group write normalized away");
         assert_eq!(collected[1].entries[0].mode, 0o700);
         assert_eq!(paths(&collected[2].entries), ["/etc/app", "/etc/app/a.yaml", "/etc/app/sub", "/etc/app/sub/b.yaml"]);
+    }
+
+    #[test]
+    fn modes_and_owners_can_be_preserved() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "bin/tool", "#!/bin/sh");
+        fs::set_permissions(dir.path().join("bin/tool"), fs::Permissions::from_mode(0o750)).unwrap();
+        let m = manifest(dir.path(), "[[files]]\nsrc = \"bin\"\ndest = \"/opt/bin\"\nmode = \"preserve\"\nowner = \"preserve\"\n");
+        let collected = collect(&m, &RootfsIndex::default(), 0).unwrap();
+        let tool = collected[0].entries.iter().find(|e| e.path.as_str() == "opt/bin/tool").unwrap();
+        let meta = fs::metadata(dir.path().join("bin/tool")).unwrap();
+        assert_eq!(tool.mode, 0o750);
+        assert_eq!((tool.uid, tool.gid), (meta.uid(), meta.gid()));
+        let bad = Manifest::parse(
+            "[image]\nname = \"t\"\n[base]\nrootfs = \"root\"\n[[files]]\nsrc = \"bin\"\ndest = \"/x\"\nmode = \"rwx\"\n",
+            &dir.path().join("galley.toml"),
+            dir.path(),
+        );
+        assert!(bad.unwrap_err().to_string().contains("nor \"preserve\""));
     }
 
     #[test]

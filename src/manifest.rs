@@ -190,9 +190,32 @@ pub struct FileSet {
     pub src: String,
     pub dest: String,
     pub exclude: Vec<String>,
-    pub mode: Option<u32>,
-    pub dir_mode: Option<u32>,
-    pub owner: Option<String>,
+    pub mode: ModeRule,
+    pub dir_mode: ModeRule,
+    pub owner: OwnerRule,
+}
+
+/// How a `[[files]]` set decides permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeRule {
+    /// 0755 for directories and executables, 0644 for other files: checkouts with
+    /// different umasks give the same image.
+    Normalized,
+    /// The bits as they are in the project directory (`"preserve"`).
+    Preserve,
+    /// These bits (`"0640"`).
+    Fixed(u32),
+}
+
+/// How a `[[files]]` set decides owners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerRule {
+    /// 0:0, as `COPY` does.
+    Root,
+    /// The numeric owners the files have in the project directory (`"preserve"`).
+    Preserve,
+    /// `uid[:gid]` or `user[:group]`, names from the base's /etc/passwd and /etc/group.
+    Named(String),
 }
 
 impl FileSet {
@@ -425,9 +448,17 @@ impl Validator<'_> {
         for pattern in raw.exclude.iter().map(|p| p.trim_start_matches('!')) {
             globset::Glob::new(pattern).map_err(|e| self.invalid(field("exclude"), format!("`{pattern}`: {e}")))?;
         }
-        let mode = |name: &str, v: Option<String>| {
-            v.map(|m| parse_mode(&m).ok_or_else(|| self.invalid(field(name), format!("`{m}` is not an octal mode like \"0644\""))))
-                .transpose()
+        let mode = |name: &str, v: Option<String>| match v.as_deref() {
+            None => Ok(ModeRule::Normalized),
+            Some("preserve") => Ok(ModeRule::Preserve),
+            Some(m) => parse_mode(m).map(ModeRule::Fixed).ok_or_else(|| {
+                self.invalid(field(name), format!("`{m}` is not an octal mode like \"0644\", nor \"preserve\""))
+            }),
+        };
+        let owner = match raw.owner {
+            None => OwnerRule::Root,
+            Some(o) if o == "preserve" => OwnerRule::Preserve,
+            Some(o) => OwnerRule::Named(o),
         };
         Ok(FileSet {
             number,
@@ -436,7 +467,7 @@ impl Validator<'_> {
             src: raw.src,
             dest: raw.dest,
             exclude: raw.exclude,
-            owner: raw.owner,
+            owner,
         })
     }
 

@@ -52,11 +52,10 @@ impl Memo {
     pub fn digest(&mut self, path: &Path, meta: &Metadata) -> io::Result<Digest> {
         let key = path.to_string_lossy().into_owned();
         let stamp = Stamp::of(meta);
-        if let Some((known, digest)) = self.entries.get(&key) {
-            if *known == stamp {
+        if let Some((known, digest)) = self.entries.get(&key)
+            && *known == stamp {
                 return Ok(digest.clone());
             }
-        }
         let (digest, _) = Digest::of_reader(io::BufReader::with_capacity(1 << 20, File::open(path)?))?;
         // A file changed within the last two seconds may change again within the same
         // mtime tick; don't trust its stamp yet.

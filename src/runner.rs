@@ -121,11 +121,10 @@ pub fn unpack(cache: &Cache, image: &BuiltImage, dest: &Path) -> io::Result<()> 
             }
             let target = dest.join(path.as_str());
             let is_dir = entry.header().entry_type().is_dir();
-            if let Ok(meta) = fs::symlink_metadata(&target) {
-                if meta.is_dir() != is_dir || meta.file_type().is_symlink() {
+            if let Ok(meta) = fs::symlink_metadata(&target)
+                && (meta.is_dir() != is_dir || meta.file_type().is_symlink()) {
                     remove_any(&target)?;
                 }
-            }
             entry.unpack_in(dest)?;
             written.insert(PathBuf::from(path.as_str()));
         }

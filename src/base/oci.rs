@@ -225,11 +225,10 @@ fn import_layer(
     if &actual_diff != diff_id {
         return Err(BaseError::DigestMismatch { what: format!("{what}: uncompressed layer"), expected: diff_id.clone(), actual: actual_diff });
     }
-    if let Some(d) = descriptor.filter(|_| compressed) {
-        if d.digest != digest {
+    if let Some(d) = descriptor.filter(|_| compressed)
+        && d.digest != digest {
             return Err(BaseError::DigestMismatch { what: what.to_owned(), expected: d.digest.clone(), actual: digest });
         }
-    }
     let media_type = if compressed {
         if sniff[0] == 0x1f { MediaType::OciLayerGzip } else { MediaType::OciLayerZstd }
     } else {

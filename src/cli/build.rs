@@ -41,6 +41,10 @@ pub struct BuildArgs {
     /// Download nothing: every locked wheel must already be in the cache
     #[arg(long)]
     pub offline: bool,
+    /// Fail when two packages of one env ship one path with different content
+    /// (by default the later package in the lock's order wins, with a note)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `galley build`: the build, and optionally a push of what it wrote.
@@ -70,6 +74,7 @@ impl BuildArgs {
             registry: self.registry.options(None)?,
             lock: if self.update_lock { LockMode::Update } else { LockMode::Locked },
             offline: self.offline,
+            strict: self.strict,
         };
         let reporter = global.reporter();
         let report = build(&manifest, &cache, &options, reporter.as_ref())

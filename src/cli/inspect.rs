@@ -60,11 +60,10 @@ pub fn run(global: &Global, args: InspectArgs) -> anyhow::Result<ExitCode> {
 
 /// `dir:tag` when `dir` exists, else the whole string is the path.
 fn split_tag(raw: &str) -> (PathBuf, Option<String>) {
-    if let Some((path, tag)) = raw.rsplit_once(':') {
-        if !tag.contains('/') && Path::new(path).exists() {
+    if let Some((path, tag)) = raw.rsplit_once(':')
+        && !tag.contains('/') && Path::new(path).exists() {
             return (PathBuf::from(path), Some(tag.to_owned()));
         }
-    }
     (PathBuf::from(raw), None)
 }
 

@@ -123,26 +123,27 @@ fn report_error(err: &anyhow::Error) {
     }
 }
 
-/// Usage and manifest errors exit 2; everything else that fails a build exits 1.
+/// Usage and manifest errors exit 2; everything else that fails a build exits 1. The
+/// first error in the chain that knows whose fault it is decides.
 fn exit_code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if cause.downcast_ref::<ManifestError>().is_some() {
-            return exit::USAGE;
-        }
-        if let Some(e) = cause.downcast_ref::<galley::build::BuildError>() {
-            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
-        }
-        if cause.downcast_ref::<UsageError>().is_some() {
-            return exit::USAGE;
-        }
-        if let Some(e) = cause.downcast_ref::<galley::registry::RegistryError>() {
-            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
-        }
-        if let Some(e) = cause.downcast_ref::<galley::lock::LockError>() {
-            return if e.is_usage() { exit::USAGE } else { exit::BUILD_FAILED };
-        }
+    match err.chain().find_map(user_at_fault) {
+        Some(true) => exit::USAGE,
+        _ => exit::BUILD_FAILED,
     }
-    exit::BUILD_FAILED
+}
+
+/// Whether this error blames the user's input, for the error types that can tell.
+fn user_at_fault(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    if cause.is::<ManifestError>() || cause.is::<UsageError>() {
+        return Some(true);
+    }
+    cause
+        .downcast_ref::<galley::build::BuildError>()
+        .map(galley::build::BuildError::is_usage)
+        .or_else(|| cause.downcast_ref::<galley::envs::EnvError>().map(galley::envs::EnvError::is_usage))
+        .or_else(|| cause.downcast_ref::<galley::lock::LockError>().map(galley::lock::LockError::is_usage))
+        .or_else(|| cause.downcast_ref::<galley::base::BaseError>().map(galley::base::BaseError::is_usage))
+        .or_else(|| cause.downcast_ref::<galley::registry::RegistryError>().map(galley::registry::RegistryError::is_usage))
 }
 
 /// A usage error found by the CLI itself.

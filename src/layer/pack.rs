@@ -54,7 +54,7 @@ impl PackedLayer {
 
 /// Sorts entries bytewise by path, rejects duplicates, and makes the first member (in
 /// that order) of every hard-link group the one that carries the data.
-pub fn finalize_entries(layer: &str, entries: &mut Vec<Entry>) -> Result<(), LayerError> {
+pub fn finalize_entries(layer: &str, entries: &mut [Entry]) -> Result<(), LayerError> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some(w) = entries.windows(2).find(|w| w[0].path == w[1].path) {
         return Err(LayerError::DuplicatePath { layer: layer.to_owned(), path: w[0].path.clone() });
@@ -107,11 +107,10 @@ pub fn pack_cached(
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<(PackedLayer, bool), LayerError> {
     let record_path = cache.bucket(BUCKET).join(format!("{}-{}.json", spec.key.hex(), compression.name()));
-    if let Some(record) = cache.read_record::<PackedLayer>(&record_path) {
-        if cache.has_blob(&record.digest) {
+    if let Some(record) = cache.read_record::<PackedLayer>(&record_path)
+        && cache.has_blob(&record.digest) {
             return Ok((record, false));
         }
-    }
     let packed = pack(cache, spec, compression, on_bytes)?;
     cache.write_record(&record_path, &packed)?;
     Ok((packed, true))

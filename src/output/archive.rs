@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{OutputError, io_err};
-use crate::cache::{Cache, TempGuard};
-use crate::image::{BuiltImage, keys};
+use super::{OutputError, index_of, io_err};
+use crate::cache::{Cache, TempGuard, remove_dead_temp_siblings, temp_sibling};
+use crate::image::BuiltImage;
 use crate::layer::{Entry, EntryKind, LayerPath, Source, write_tar};
-use crate::oci::{Digest, ImageIndex, MediaType, to_canonical_json};
+use crate::oci::{Digest, to_canonical_json};
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -37,20 +37,7 @@ pub fn write_archive<W: Write>(cache: &Cache, images: &[BuiltImage], mtime: u64,
             layers: image.layers.iter().map(|l| blob_name(&l.digest)).collect(),
         })
         .collect();
-    let index = ImageIndex {
-        schema_version: 2,
-        media_type: Some(MediaType::OciIndex),
-        manifests: images
-            .iter()
-            .map(|image| {
-                let mut d = image.descriptor.clone();
-                d.annotations.insert(keys::REF_NAME.to_owned(), image.tag.clone());
-                d.annotations.insert("io.containerd.image.name".to_owned(), image.reference());
-                d
-            })
-            .collect(),
-        annotations: Default::default(),
-    };
+    let index = index_of(images);
     let path = |p: &str| LayerPath::new(p).map_err(io::Error::other);
     let bytes = |p: &str, data: Vec<u8>| -> io::Result<Entry> {
         let size = data.len() as u64;
@@ -87,13 +74,11 @@ fn file(path: LayerPath, source: Source, size: u64, mtime: u64) -> Entry {
     Entry { path, kind: EntryKind::File { source, size }, mode: 0o644, uid: 0, gid: 0, mtime }
 }
 
-/// Writes the archive to `dest` atomically (a temp file beside it, then a rename).
+/// Writes the archive to `dest` atomically (a temp file beside it, then a rename);
+/// temp files of earlier writers that were killed are removed first.
 pub fn write_archive_file(cache: &Cache, images: &[BuiltImage], mtime: u64, dest: &Path) -> Result<(), OutputError> {
-    let tmp = dest.with_file_name(format!(
-        ".{}.tmp-{}",
-        dest.file_name().map_or_else(|| "archive".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
+    remove_dead_temp_siblings(dest);
+    let tmp = temp_sibling(dest);
     let guard = TempGuard(tmp.clone());
     let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     let writer = write_archive(cache, images, mtime, io::BufWriter::with_capacity(1 << 20, file)).map_err(io_err(dest))?;

@@ -2,14 +2,14 @@
 //! `index.json` naming each image by tag, and `blobs/sha256/<hex>`, hard-linked from
 //! the content store where possible. Blobs no image references any more are removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
-use super::{OutputError, io_err};
+use super::{OutputError, index_of, io_err};
 use crate::cache::{Cache, atomic_write, link_or_copy};
-use crate::image::{BuiltImage, keys};
-use crate::oci::{ImageIndex, MediaType, to_canonical_json};
+use crate::image::BuiltImage;
+use crate::oci::{ImageIndex, to_canonical_json};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -36,22 +36,7 @@ pub fn write_layout(cache: &Cache, images: &[BuiltImage], dir: &Path) -> Result<
         }
     }
     atomic_write(&dir.join(".oci-layout.tmp"), &dir.join("oci-layout"), OCI_LAYOUT).map_err(io_err(dir))?;
-    let index = ImageIndex {
-        schema_version: 2,
-        media_type: Some(MediaType::OciIndex),
-        manifests: images
-            .iter()
-            .map(|image| {
-                let mut d = image.descriptor.clone();
-                d.annotations = BTreeMap::from([
-                    (keys::REF_NAME.to_owned(), image.tag.clone()),
-                    ("io.containerd.image.name".to_owned(), image.reference()),
-                ]);
-                d
-            })
-            .collect(),
-        annotations: BTreeMap::new(),
-    };
+    let index = index_of(images);
     let index_path = dir.join("index.json");
     atomic_write(&dir.join(".index.json.tmp"), &index_path, &to_canonical_json(&index)).map_err(io_err(&index_path))?;
     for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {

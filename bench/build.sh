@@ -7,19 +7,11 @@
 #   bench/build.sh [RUNS]        (default 5; run as root; needs buildah, mmdebstrap)
 set -euo pipefail
 runs=${1:-5}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-cargo build --release --quiet
-galley=$root/target/release/galley
+. "$(dirname "$0")/common.sh"
 work=$(mktemp -d /tmp/galley-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-base=${GALLEY_TEST_CACHE:-$root/target/test-cache}/debian-bookworm-python3.tar
-if [ ! -f "$base" ]; then
-  mkdir -p "$(dirname "$base")"
-  SOURCE_DATE_EPOCH=0 mmdebstrap --variant=minbase --include=python3 --quiet --format=tar bookworm "$base.tmp"
-  mv "$base.tmp" "$base"
-fi
+base=$(debian_base)
 
 project=$work/project
 cp -r examples/hello "$project"
@@ -41,14 +33,6 @@ ENTRYPOINT ["python3", "/app/hello.py"]
 DOCKERFILE
 printf 'Dockerfile\n' > "$project/.dockerignore"
 
-seconds() { # prints the wall seconds of running "$@" quietly
-  local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
-}
-median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 
 galley_build() { "$galley" --cache "$1" build -q "$project"; }
 buildah_build() {

@@ -18,10 +18,7 @@
 # Peak disk use is about 30 GB.
 set -euo pipefail
 runs=${1:-3}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-cargo build --release --quiet
-galley=$root/target/release/galley
+. "$(dirname "$0")/common.sh"
 work=$(mktemp -d /var/tmp/galley-envs.XXXXXX)
 keep=${GALLEY_BENCH_KEEP:-$work/keep}
 mkdir -p "$keep"
@@ -44,12 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base=${GALLEY_TEST_CACHE:-$root/target/test-cache}/debian-bookworm-python3.tar
-if [ ! -f "$base" ]; then
-  mkdir -p "$(dirname "$base")"
-  SOURCE_DATE_EPOCH=0 mmdebstrap --variant=minbase --include=python3 --quiet --format=tar bookworm "$base.tmp"
-  mv "$base.tmp" "$base"
-fi
+base=$(debian_base)
 
 # uv's own binary for the build context (a pyenv or pip shim would not run in the image).
 uv_bin=$(python3 -c 'import uv; print(uv.find_uv_bin())' 2>/dev/null || command -v uv)
@@ -143,14 +135,6 @@ find "$keep/galley" -mindepth 1 -maxdepth 1 ! -name wheels-v1 -exec rm -rf {} +
 quiet buildah_build "$work/buildah-warm"
 drop_buildah_store "$work/buildah-warm"
 
-seconds() { # prints the wall seconds of running "$@" quietly
-  local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
-}
-median() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m}'; }
 
 layout_sizes() { # compressed and uncompressed bytes of the layers of the one image in an OCI layout
   python3 - "$1" <<'PY'

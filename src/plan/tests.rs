@@ -232,4 +232,12 @@ fn gzip_layers_copy_wheel_streams_and_hold_the_same_tar() {
     let fresh = crate::layer::write_tar(&spec.entries, Compression::Gzip.encoder(Vec::new()).unwrap(), |_| {}).unwrap().finish().unwrap();
     eprintln!("numpy 2.1.3 layer: {} bytes tar, {} gzip with wheel streams, {} gzip-6 fresh, {} zstd-3", plain.len(), gz.size, fresh.len(), zstd.size);
     assert!(gz.size * 100 < fresh.len() as u64 * 103, "copying the wheel's streams costs at most 3% in size");
+
+    // The same wheel elsewhere, in another store: the same layer, byte for byte.
+    let other = Cache::open(tmp.path().join("other")).unwrap();
+    let copy = crate::install::WheelFile { path: tmp.path().join(numpy.path.file_name().unwrap()), ..numpy.clone() };
+    std::fs::copy(&numpy.path, &copy.path).unwrap();
+    let tree = Installer::new(&other, &()).install(&copy, &layout).unwrap();
+    let layers = plan_env_layers(&[env_of(&layout, vec![tree])], &Families::default(), &PlanOptions::default()).unwrap();
+    assert_eq!(pack_cached(&other, &layers[0].spec, Compression::Gzip, &|_| {}).unwrap().0.digest, gz.digest);
 }

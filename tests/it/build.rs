@@ -140,3 +140,14 @@ fn inspect_shows_layers_and_config() {
     assert_eq!(json[0]["layers"].as_array().unwrap().len(), report["layers"].as_array().unwrap().len());
     assert_eq!(json[0]["config"]["Entrypoint"][0], "python3");
 }
+
+#[test]
+fn galley_timings_prints_a_line_per_task() {
+    let project = Project::hello();
+    let output = project.galley().arg("build").env("GALLEY_TIMINGS", "1").output().unwrap();
+    let text = stderr(&output);
+    assert!(output.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("timing:")).collect();
+    assert!(lines.iter().any(|l| l.contains("import base image")), "{text}");
+    assert!(lines.iter().any(|l| l.ends_with("pack files app/ -> /app")), "{text}");
+}

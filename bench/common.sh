@@ -18,11 +18,18 @@ debian_base() {
   echo "$base"
 }
 
-seconds() { # prints the wall seconds of running "$@" quietly
-  local start end
+seconds() { # prints the wall seconds of running "$@" quietly; shows its output if it fails
+  local start end log
+  log=$(mktemp)
   start=$(date +%s.%N)
-  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+  if ! "$@" >"$log" 2>&1; then
+    echo "failed: $*" >&2
+    tail -n 30 "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
   end=$(date +%s.%N)
+  rm -f "$log"
   echo "$end - $start" | bc -l
 }
 

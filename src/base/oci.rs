@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::source::ImageFiles;
 use super::{Base, BaseError, ImportContext, io_error};
-use crate::layer::{IndexEntry, PackedLayer, RootfsIndex, TeeReader, decompress, read_layer_entries};
+use crate::layer::{IndexEntry, PackedLayer, RootfsIndex, TeeReader, decompress, read_layer_entries, sniff_compression};
 use crate::memo::Memo;
 use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, ImageConfig, ImageIndex, ImageManifest, MediaType};
 
@@ -199,7 +199,7 @@ fn import_layer(
         sniff[..n].copy_from_slice(&buf[..n]);
         n
     };
-    let compressed = peeked >= 2 && (sniff[..2] == [0x1f, 0x8b] || sniff == [0x28, 0xb5, 0x2f, 0xfd]);
+    let compressed = sniff_compression(&sniff[..peeked]).is_some();
     let mut entries = Vec::new();
     let mut actual_diff = None;
     let mut uncompressed_size = 0;

@@ -13,7 +13,7 @@ use super::{Base, BaseError, ImportContext, io_error};
 use crate::cache::TempGuard;
 use crate::layer::{
     Entry, EntryKind, LayerPath, LayerSpec, RootfsIndex, Source, WHITEOUT_PREFIX, decompress, finalize_entries,
-    entries_key, index_entries, pack_cached,
+    entries_key, index_entries, pack_cached, sniff_compression,
 };
 use crate::memo::Memo;
 use crate::oci::{Digest, Platform};
@@ -60,7 +60,7 @@ pub(super) fn import_tar(
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(io_error(what))?;
     drop(file);
-    let compressed = n >= 2 && (magic[..2] == [0x1f, 0x8b] || magic == [0x28, 0xb5, 0x2f, 0xfd]);
+    let compressed = sniff_compression(&magic[..n]).is_some();
     // Entries are read back by offset, so a compressed tar is expanded once into the cache.
     let _guard;
     let plain = if compressed {

@@ -14,4 +14,4 @@ pub use entry::{DeflateStream, Entry, EntryKind, LayerPath, OPAQUE_WHITEOUT, Pat
 pub use index::{IndexEntry, Node, NodeKind, RootfsIndex, index_entries, read_layer_entries};
 pub use key::entries_key;
 pub use pack::{LayerError, LayerSpec, PackedLayer, finalize_entries, pack_cached};
-pub use tar::{TeeReader, decompress, write_tar};
+pub use tar::{TeeReader, decompress, sniff_compression, write_tar};

@@ -113,8 +113,19 @@ impl<R: Read> Read for ExactReader<'_, R> {
     }
 }
 
-/// Opens a possibly compressed tar stream, recognizing gzip and zstd by their magic
-/// bytes rather than trusting a media type.
+/// Recognizes a stream's compression by its first bytes (gzip or zstd magic), rather
+/// than trusting a media type or a file name.
+pub fn sniff_compression(first: &[u8]) -> Option<super::Compression> {
+    if first.starts_with(&[0x1f, 0x8b]) {
+        Some(super::Compression::Gzip)
+    } else if first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(super::Compression::Zstd)
+    } else {
+        None
+    }
+}
+
+/// Opens a possibly compressed tar stream (see [`sniff_compression`]).
 pub fn decompress<'a>(mut reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let mut magic = [0u8; 4];
     let mut got = 0;
@@ -126,12 +137,10 @@ pub fn decompress<'a>(mut reader: impl Read + 'a) -> io::Result<Box<dyn Read + '
         got += n;
     }
     let chained = io::Cursor::new(magic[..got].to_vec()).chain(reader);
-    Ok(if got >= 2 && magic[..2] == [0x1f, 0x8b] {
-        Box::new(flate2::read::MultiGzDecoder::new(chained))
-    } else if got == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::new(chained)?)
-    } else {
-        Box::new(chained)
+    Ok(match sniff_compression(&magic[..got]) {
+        Some(super::Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(chained)),
+        Some(super::Compression::Zstd) => Box::new(zstd::stream::read::Decoder::new(chained)?),
+        None => Box::new(chained),
     })
 }
 

@@ -163,3 +163,32 @@ fn layers_with_copied_wheel_streams_run_in_docker_podman_umoci_and_skopeo() {
         assert!(sum.starts_with(hex), "skopeo's decompressed layer {hex}: {sum}");
     }
 }
+
+#[test]
+fn the_audio_example_builds_from_its_committed_lock_and_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let output = crate::support::galley()
+        .arg("--cache")
+        .arg(crate::support::shared_galley_cache())
+        .args(["build", "--json", "--output"])
+        .arg(work.path().join("out"))
+        .arg(crate::support::examples().join("audio"))
+        .output()
+        .unwrap();
+    let report = json_of(&output);
+    assert_eq!(report["wheels"], 4, "{report}");
+    if !is_root() {
+        eprintln!("skipped running the image: the chroot engine needs root");
+        return;
+    }
+    let output = crate::support::galley()
+        .arg("--cache")
+        .arg(crate::support::shared_galley_cache())
+        .args(["run", "-q", "--engine", "chroot", "--output"])
+        .arg(work.path().join("out"))
+        .arg(crate::support::examples().join("audio"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}\n{}", stdout(&output), stderr(&output));
+    assert!(stdout(&output).contains("wrote and read back tone.wav with numpy 1.26.4"), "{}", stdout(&output));
+}

@@ -18,7 +18,6 @@ pub mod keys {
     pub const SOURCE: &str = "org.opencontainers.image.source";
     pub const TITLE: &str = "org.opencontainers.image.title";
     pub const DESCRIPTION: &str = "org.opencontainers.image.description";
-    pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 }
 
 /// What an image is built from besides the manifest.

@@ -9,7 +9,10 @@ use super::source::ImageFiles;
 use super::{Base, BaseError, ImportContext, io_error};
 use crate::layer::{IndexEntry, PackedLayer, RootfsIndex, TeeReader, decompress, read_layer_entries, sniff_compression};
 use crate::memo::Memo;
-use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, ImageConfig, ImageIndex, ImageManifest, MediaType};
+use crate::oci::{
+    ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, ImageConfig, ImageIndex, ImageManifest, MediaType,
+    layout_blob_path,
+};
 
 /// An entry of a docker-archive `manifest.json`.
 #[derive(Deserialize)]
@@ -116,7 +119,7 @@ pub(super) fn import(
     let mut layers = Vec::new();
     let mut rootfs = RootfsIndex::default();
     for (descriptor, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-        let source = files.open(&blob_name(&descriptor.digest)).map_err(io_error(what))?;
+        let source = files.open(&layout_blob_path(&descriptor.digest)).map_err(io_error(what))?;
         let (layer, entries) = import_layer(ctx, source, Some(descriptor), diff_id, what)?;
         rootfs.apply(entries);
         layers.push(layer);
@@ -131,12 +134,8 @@ fn list_or_none(items: &[String]) -> String {
     if items.is_empty() { "none".to_owned() } else { items.join(", ") }
 }
 
-fn blob_name(digest: &Digest) -> String {
-    format!("blobs/sha256/{}", digest.hex())
-}
-
 fn read_blob(files: &ImageFiles, digest: &Digest, what: &str) -> Result<Vec<u8>, BaseError> {
-    let bytes = files.read(&blob_name(digest)).map_err(io_error(what))?;
+    let bytes = files.read(&layout_blob_path(digest)).map_err(io_error(what))?;
     let actual = Digest::of(&bytes);
     if &actual != digest {
         return Err(BaseError::DigestMismatch { what: what.to_owned(), expected: digest.clone(), actual });

@@ -10,8 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use galley::base::ImageFiles;
-use galley::image::keys;
-use galley::oci::{Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, Platform};
+use galley::oci::{ANNOTATION_REF_NAME, Descriptor, ImageConfig, ImageIndex, ImageManifest, Platform, layout_blob_path};
 use galley::registry::ImageRef;
 
 use super::registry::{RegistryArgs, pull};
@@ -104,27 +103,23 @@ fn read_json<T: serde::de::DeserializeOwned>(files: &ImageFiles, name: &str) -> 
     serde_json::from_slice(&bytes).with_context(|| format!("{name} is malformed"))
 }
 
-fn blob(digest: &Digest) -> String {
-    format!("blobs/sha256/{}", digest.hex())
-}
-
 fn read_images(files: &ImageFiles, tag: Option<&str>) -> anyhow::Result<Vec<Inspected>> {
     let index: ImageIndex = read_json(files, "index.json")?;
     let mut out = Vec::new();
     for descriptor in index.manifests {
-        let image_tag = descriptor.annotations.get(keys::REF_NAME).cloned();
+        let image_tag = descriptor.annotations.get(ANNOTATION_REF_NAME).cloned();
         if tag.is_some() && image_tag.as_deref() != tag {
             continue;
         }
         let manifests = if descriptor.media_type.is_index() {
-            let nested: ImageIndex = read_json(files, &blob(&descriptor.digest))?;
+            let nested: ImageIndex = read_json(files, &layout_blob_path(&descriptor.digest))?;
             nested.manifests
         } else {
             vec![descriptor.clone()]
         };
         for d in manifests {
-            let manifest: ImageManifest = read_json(files, &blob(&d.digest))?;
-            let config: ImageConfig = read_json(files, &blob(&manifest.config.digest))?;
+            let manifest: ImageManifest = read_json(files, &layout_blob_path(&d.digest))?;
+            let config: ImageConfig = read_json(files, &layout_blob_path(&manifest.config.digest))?;
             out.push(Inspected { tag: image_tag.clone(), descriptor: d, manifest, config });
         }
     }

@@ -11,3 +11,11 @@ pub use types::{
 
 /// Annotation naming the tag of a manifest in an OCI layout's `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The `oci-layout` file of an OCI image layout (directory or archive).
+pub const OCI_LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Where a blob sits inside an OCI image layout (directory or archive).
+pub fn layout_blob_path(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
+}

@@ -187,6 +187,13 @@ pub struct ImageIndex {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ImageIndex {
+    /// An OCI index (schema 2) listing `manifests`, without annotations.
+    pub fn new(manifests: Vec<Descriptor>) -> Self {
+        Self { schema_version: 2, media_type: Some(MediaType::OciIndex), manifests, annotations: BTreeMap::new() }
+    }
+}
+
 /// The image configuration blob.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {

@@ -13,7 +13,7 @@ use super::{OutputError, index_of, io_err};
 use crate::cache::{Cache, TempGuard, remove_dead_temp_siblings, temp_sibling};
 use crate::image::BuiltImage;
 use crate::layer::{Entry, EntryKind, LayerPath, Source, write_tar};
-use crate::oci::{Digest, to_canonical_json};
+use crate::oci::{OCI_LAYOUT_FILE, layout_blob_path, to_canonical_json};
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -23,18 +23,14 @@ struct ArchiveManifest {
     layers: Vec<String>,
 }
 
-fn blob_name(digest: &Digest) -> String {
-    format!("blobs/sha256/{}", digest.hex())
-}
-
 /// Streams the archive of `images` into `out`; `mtime` stamps every entry.
 pub fn write_archive<W: Write>(cache: &Cache, images: &[BuiltImage], mtime: u64, out: W) -> io::Result<W> {
     let manifests: Vec<ArchiveManifest> = images
         .iter()
         .map(|image| ArchiveManifest {
-            config: blob_name(&image.config_descriptor.digest),
+            config: layout_blob_path(&image.config_descriptor.digest),
             repo_tags: vec![image.reference()],
-            layers: image.layers.iter().map(|l| blob_name(&l.digest)).collect(),
+            layers: image.layers.iter().map(|l| layout_blob_path(&l.digest)).collect(),
         })
         .collect();
     let index = index_of(images);
@@ -46,7 +42,7 @@ pub fn write_archive<W: Write>(cache: &Cache, images: &[BuiltImage], mtime: u64,
     let mut entries = vec![
         Entry::dir(path("blobs")?, 0o755, 0, 0, mtime),
         Entry::dir(path("blobs/sha256")?, 0o755, 0, 0, mtime),
-        bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())?,
+        bytes("oci-layout", OCI_LAYOUT_FILE.to_vec())?,
         bytes("index.json", to_canonical_json(&index))?,
         bytes("manifest.json", to_canonical_json(&manifests))?,
     ];
@@ -62,7 +58,7 @@ pub fn write_archive<W: Write>(cache: &Cache, images: &[BuiltImage], mtime: u64,
             ]);
         for (digest, size) in blobs {
             if seen.insert(digest.clone()) {
-                entries.push(file(path(&blob_name(digest))?, Source::Path(cache.blob_path(digest)), size, mtime));
+                entries.push(file(path(&layout_blob_path(digest))?, Source::Path(cache.blob_path(digest)), size, mtime));
             }
         }
     }

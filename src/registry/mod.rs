@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use crate::cache::CacheError;
 use crate::http::HttpError;
 use crate::oci::Digest;
+use crate::output::OutputError;
 
 pub use auth::{Credential, DockerConfig};
 pub use client::{Client, RegistryOptions};
@@ -71,6 +72,8 @@ pub enum RegistryError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
     Http(#[from] HttpError),
 }
 
@@ -78,6 +81,9 @@ impl RegistryError {
     /// Whether the fault lies in the user's input or setup (exit code 2) rather than in
     /// the registry or the network (exit code 1).
     pub fn is_usage(&self) -> bool {
+        if let Self::Output(e) = self {
+            return e.is_usage();
+        }
         matches!(
             self,
             Self::Reference(_)

@@ -4,7 +4,6 @@
 //! already in the store are not fetched, so a digest-pinned reference whose blobs are
 //! all cached needs no network at all.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -14,8 +13,9 @@ use serde::Serialize;
 use super::client::{Body, Call, Host, header};
 use super::reference::{ImageRef, Repository};
 use super::{Client, RegistryError, mounts, run_parallel};
-use crate::cache::{Cache, TempGuard, atomic_write, link_or_copy};
-use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Platform, to_canonical_json};
+use crate::cache::{Cache, TempGuard};
+use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Platform};
+use crate::output::write_layout_files;
 use crate::progress::{Reporter, TaskKind};
 use super::auth::Scope;
 
@@ -360,25 +360,11 @@ impl Pulled {
 /// Writes `pulled` into the OCI layout `dir` (created if needed), hard-linking blobs
 /// from the store. An image already in `dir` under the same tag is replaced; others stay.
 pub fn write_layout(cache: &Cache, pulled: &Pulled, dir: &Path) -> Result<(), RegistryError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RegistryError::Io { path, source }
-    };
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
-    for digest in std::iter::once(&pulled.manifest.digest).chain(std::iter::once(&pulled.config.digest)).chain(pulled.layers.iter().map(|l| &l.digest)) {
-        let dest = blobs.join(digest.hex());
-        if !dest.is_file() {
-            link_or_copy(&cache.blob_path(digest), &dest).map_err(io(&dest))?;
-        }
-    }
-    let layout_file = dir.join("oci-layout");
-    atomic_write(&dir.join(".oci-layout.tmp"), &layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&layout_file))?;
     let index_path = dir.join("index.json");
     let mut index: ImageIndex = match std::fs::read(&index_path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::Layout { path: index_path.clone(), why: format!("its index.json is malformed ({e})") })?,
-        Err(_) => ImageIndex { schema_version: 2, media_type: Some(MediaType::OciIndex), manifests: Vec::new(), annotations: BTreeMap::new() },
+        Err(_) => ImageIndex::new(Vec::new()),
     };
     let mut descriptor = pulled.manifest.clone();
     if let Some(tag) = pulled.reference.tag() {
@@ -387,7 +373,8 @@ pub fn write_layout(cache: &Cache, pulled: &Pulled, dir: &Path) -> Result<(), Re
     let name = descriptor.annotations.get(ANNOTATION_REF_NAME).cloned();
     index.manifests.retain(|d| d.digest != descriptor.digest && (name.is_none() || d.annotations.get(ANNOTATION_REF_NAME) != name.as_ref()));
     index.manifests.push(descriptor);
-    atomic_write(&dir.join(".index.json.tmp"), &index_path, &to_canonical_json(&index)).map_err(io(&index_path))
+    let blobs = [&pulled.manifest.digest, &pulled.config.digest].into_iter().chain(pulled.layers.iter().map(|l| &l.digest));
+    Ok(write_layout_files(cache, dir, blobs, &index)?)
 }
 
 #[cfg(test)]
@@ -400,12 +387,12 @@ mod tests {
 
     #[test]
     fn platforms_are_chosen_from_an_index() {
-        let index = ImageIndex {
-            schema_version: 2,
-            media_type: Some(MediaType::OciIndex),
-            manifests: vec![descriptor("linux/amd64"), descriptor("linux/arm/v7"), descriptor("linux/arm64/v8"), descriptor("unknown/unknown")],
-            annotations: BTreeMap::new(),
-        };
+        let index = ImageIndex::new(vec![
+            descriptor("linux/amd64"),
+            descriptor("linux/arm/v7"),
+            descriptor("linux/arm64/v8"),
+            descriptor("unknown/unknown"),
+        ]);
         let reference: ImageRef = "python:3.11".parse().unwrap();
         let pick = |p: &str| choose_platform(&index, Some(&p.parse().unwrap()), &reference).map(|d| d.digest);
         assert_eq!(pick("linux/arm64").unwrap(), Digest::of(b"linux/arm64/v8"));

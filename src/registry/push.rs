@@ -18,7 +18,7 @@ use super::reference::{ImageRef, Repository, Tag};
 use super::{Client, RegistryError, mounts, run_parallel};
 use crate::cache::Cache;
 use crate::http::{Attempt, retry};
-use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, layout_blob_path};
 use crate::progress::{Reporter, TaskKind};
 
 /// How to push.
@@ -197,7 +197,7 @@ fn tag_of(name: &str) -> Option<Tag> {
 }
 
 fn blob_file(layout: &Path, digest: &Digest) -> PathBuf {
-    layout.join("blobs/sha256").join(digest.hex())
+    layout.join(layout_blob_path(digest))
 }
 
 fn visit(

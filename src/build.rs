@@ -50,7 +50,8 @@ impl BuildError {
             Self::Files(e) => e.is_usage(),
             Self::Daemon(e) => e.is_usage(),
             Self::Envs(e) => e.is_usage(),
-            Self::Layer(_) | Self::Cache(_) | Self::Output(_) => false,
+            Self::Output(e) => e.is_usage(),
+            Self::Layer(_) | Self::Cache(_) => false,
         }
     }
 }

@@ -103,6 +103,15 @@ fn a_failing_base_build_exits_1_with_the_tools_message() {
 }
 
 #[test]
+fn an_output_directory_that_is_not_a_layout_is_refused() {
+    let project = Project::hello();
+    project.write("notes/todo.txt", "mine");
+    let notes = project.path().join("notes");
+    fails(&project, &["build", "--output", notes.to_str().unwrap()], 2, &["is not an OCI image layout", "choose another --output"]);
+    assert_eq!(fs::read_to_string(notes.join("todo.txt")).unwrap(), "mine");
+}
+
+#[test]
 fn bad_flags_are_usage_errors() {
     let project = Project::hello();
     fails(&project, &["build", "--compression", "lz4"], 2, &["lz4"]);

@@ -245,10 +245,7 @@ fn download(agent: &ureq::Agent, wheel: &LockedWheel, partial: &Path, reporter: 
             return Attempt::Fail(io_fail(e));
         }
     }
-    let actual = match Digest::from_hex(&hex::encode(hasher.finalize())) {
-        Ok(d) => d,
-        Err(e) => return Attempt::Fail(io_fail(io::Error::other(e))),
-    };
+    let actual = Digest::from_sha256(&hasher.finalize());
     let wrong = match wheel.size {
         Some(expected) if expected != have => Some(FailReason::SizeMismatch { expected, actual: have }),
         _ if actual != wheel.sha256 => Some(FailReason::HashMismatch { expected: wheel.sha256.clone(), actual }),

@@ -545,7 +545,7 @@ impl<'a> Unpack<'a> {
         }
         let sha = sha.finalize();
         let original_hash = if same_hash { sha.to_vec() } else { original.map(Hasher::finish).unwrap_or_default() };
-        let sha256 = Digest::from_hex(&hex::encode(sha)).map_err(|e| write_err(io::Error::other(e)))?;
+        let sha256 = Digest::from_sha256(&sha);
         Ok(Extracted { original_hash, sha256, size: n, rewritten: false, stream })
     }
 

@@ -5,6 +5,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 
 use super::entry::{Entry, EntryKind, Source};
 use super::members::{Announcing, PASSTHROUGH_MIN_BYTES, Passthrough, RawMember};
+use crate::oci::{Digest, HashingWriter};
 
 /// Writes `entries` (already sorted) as a tar stream with GNU headers, numeric
 /// owners, empty user/group names and the entries' own mtimes; nothing else
@@ -147,35 +148,26 @@ pub fn decompress<'a>(mut reader: impl Read + 'a) -> io::Result<Box<dyn Read + '
 /// A reader that hashes what it yields and copies it to `copy`.
 pub struct TeeReader<R, W> {
     inner: R,
-    copy: W,
-    hasher: sha2::Sha256,
-    read: u64,
+    copy: HashingWriter<W>,
 }
 
 impl<R: Read, W: Write> TeeReader<R, W> {
     pub fn new(inner: R, copy: W) -> Self {
-        use sha2::Digest as _;
-        Self { inner, copy, hasher: sha2::Sha256::new(), read: 0 }
+        Self { inner, copy: HashingWriter::new(copy) }
     }
 
     /// Reads to the end (tar readers stop before the archive's zero blocks), then
     /// returns the digest and size of everything read, and the copy's writer.
-    pub fn finish(mut self) -> io::Result<(crate::oci::Digest, u64, W)> {
-        use sha2::Digest as _;
+    pub fn finish(mut self) -> io::Result<(Digest, u64, W)> {
         io::copy(&mut self, &mut io::sink())?;
-        let hex = hex::encode(self.hasher.finalize());
-        let digest = crate::oci::Digest::from_hex(&hex).map_err(io::Error::other)?;
-        Ok((digest, self.read, self.copy))
+        Ok(self.copy.finish())
     }
 }
 
 impl<R: Read, W: Write> Read for TeeReader<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest as _;
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         self.copy.write_all(&buf[..n])?;
-        self.read += n as u64;
         Ok(n)
     }
 }

@@ -38,7 +38,12 @@ impl Digest {
     }
 
     fn from_hasher(hasher: Sha256) -> Self {
-        Self { hex: hex::encode(hasher.finalize()) }
+        Self::from_sha256(&hasher.finalize())
+    }
+
+    /// The digest of a finished sha256 hash.
+    pub(crate) fn from_sha256(output: &sha2::digest::Output<Sha256>) -> Self {
+        Self { hex: hex::encode(output) }
     }
 
     /// Builds a digest from 64 lowercase hex digits (no algorithm prefix).

@@ -10,8 +10,7 @@ use super::{Base, BaseError, ImportContext, io_error};
 use crate::layer::{IndexEntry, PackedLayer, RootfsIndex, TeeReader, decompress, read_layer_entries, sniff_compression};
 use crate::memo::Memo;
 use crate::oci::{
-    ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, ImageConfig, ImageIndex, ImageManifest, MediaType,
-    layout_blob_path,
+    ANNOTATION_REF_NAME, Descriptor, Digest, HashingWriter, ImageConfig, ImageIndex, ImageManifest, layout_blob_path,
 };
 
 /// An entry of a docker-archive `manifest.json`.
@@ -198,7 +197,8 @@ fn import_layer(
         sniff[..n].copy_from_slice(&buf[..n]);
         n
     };
-    let compressed = sniff_compression(&sniff[..peeked]).is_some();
+    let sniffed = sniff_compression(&sniff[..peeked]);
+    let compressed = sniffed.is_some();
     let mut entries = Vec::new();
     let mut actual_diff = None;
     let mut uncompressed_size = 0;
@@ -228,11 +228,8 @@ fn import_layer(
         && d.digest != digest {
             return Err(BaseError::DigestMismatch { what: what.to_owned(), expected: d.digest.clone(), actual: digest });
         }
-    let media_type = if compressed {
-        if sniff[0] == 0x1f { MediaType::OciLayerGzip } else { MediaType::OciLayerZstd }
-    } else {
-        ctx.compression.media_type()
-    };
+    // Compressed layers keep their compression; uncompressed ones got the build's.
+    let media_type = sniffed.unwrap_or(ctx.compression).media_type();
     let layer = PackedLayer {
         digest,
         diff_id: actual_diff,

@@ -29,9 +29,7 @@ impl Compression {
 
     pub fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
         Ok(match self {
-            Self::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(6)),
-            ),
+            Self::Gzip => Encoder::Gzip(gzip_encoder(out)),
             Self::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, 3)?;
                 enc.multithread(1)?;
@@ -40,6 +38,11 @@ impl Compression {
             }
         })
     }
+}
+
+/// The gzip stream of a layer, or one member of it: level 6, no name, mtime 0.
+pub(crate) fn gzip_encoder<W: Write>(out: W) -> flate2::write::GzEncoder<W> {
+    flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(6))
 }
 
 pub enum Encoder<W: Write> {

@@ -18,17 +18,14 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use flate2::GzBuilder;
 use flate2::write::GzEncoder;
 
+use super::compress::gzip_encoder;
 use super::entry::DeflateStream;
 
 /// Files at least this large are passed through; below it the two extra gzip members
 /// (about 40 bytes) would outweigh what the copy saves.
 pub(crate) const PASSTHROUGH_MIN_BYTES: u64 = 64 << 10;
-
-/// Gzip level of the members galley compresses itself.
-const LEVEL: u32 = 6;
 
 /// Header of every passed-through member: deflate, no flags, mtime 0, no extra flags,
 /// OS 255 (unknown), as flate2 writes the compressed ones at level 6.
@@ -128,7 +125,7 @@ impl<W: Write> Write for GzipMembers<W> {
         if let State::Between(_) = self.state
             && let State::Between(out) = std::mem::replace(&mut self.state, State::Broken)
         {
-            self.state = State::Member(Box::new(GzBuilder::new().mtime(0).write(out, flate2::Compression::new(LEVEL))));
+            self.state = State::Member(Box::new(gzip_encoder(out)));
         }
         match &mut self.state {
             State::Member(encoder) => encoder.write(buf),

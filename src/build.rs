@@ -124,13 +124,15 @@ pub fn build(manifest: &Manifest, cache: &Cache, options: &BuildOptions, reporte
     let EnvLayers { layers: env_layers, env, wheels } = envs::env_layers(manifest, cache, &base, &env_options, reporter)?;
 
     let mut specs: Vec<LayerSpec> = env_layers.into_iter().map(|planned| planned.spec).collect();
+    let mut memo = Memo::open(cache, "project-files");
     for set in files::collect(manifest, &base.index, mtime)? {
         let what = format!("files {} -> {}", set.set.src, set.set.dest);
-        specs.push(layer_spec(cache, "files-v1", what, set.entries)?);
+        specs.push(layer_spec(&mut memo, "files-v1", what, set.entries)?);
     }
     if let Some(spec) = workdir_layer(manifest, &base, &specs, mtime)? {
-        specs.push(layer_spec(cache, "workdir-v1", spec.0, spec.1)?);
+        specs.push(layer_spec(&mut memo, "workdir-v1", spec.0, spec.1)?);
     }
+    memo.save(cache);
     let packed = pack_all(cache, &specs, options.compression, reporter)?;
 
     let layers: Vec<PackedLayer> = packed.iter().map(|(l, _)| l.clone()).collect();
@@ -203,12 +205,9 @@ fn validate_against_base(manifest: &Manifest, base: &Base) -> Result<(), BuildEr
     Ok(())
 }
 
-fn layer_spec(cache: &Cache, scope: &str, description: String, mut entries: Vec<Entry>) -> Result<LayerSpec, BuildError> {
+fn layer_spec(memo: &mut Memo, scope: &str, description: String, mut entries: Vec<Entry>) -> Result<LayerSpec, BuildError> {
     finalize_entries(&description, &mut entries)?;
-    let mut memo = Memo::open(cache, "project-files");
-    let key = entries_key(scope, &entries, &mut memo)
-        .map_err(|source| LayerError::Pack { layer: description.clone(), source })?;
-    memo.save(cache);
+    let key = entries_key(scope, &entries, memo).map_err(|source| LayerError::Pack { layer: description.clone(), source })?;
     Ok(LayerSpec { key, description, entries })
 }
 

@@ -23,7 +23,6 @@ mod families;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write as _;
 use std::sync::Arc;
 
 use pep440_rs::Version;
@@ -33,11 +32,11 @@ use serde::{Deserialize, Serialize};
 pub use families::{DEFAULT_FAMILIES, Families};
 
 use crate::install::{EnvInstall, EnvsJson, TreeFile, venv_skeleton};
-use crate::layer::{Entry, EntryKind, LayerError, LayerPath, LayerSpec, PathError, Source, finalize_entries};
-use crate::oci::{Digest, HashingWriter};
+use crate::layer::{Entry, EntryKind, LayerError, LayerPath, LayerSpec, PathError, Source, finalize_entries, key_with};
+use crate::oci::Digest;
 
 /// Bump when the planner's output for the same inputs changes.
-const FORMAT: &str = "galley-plan-1";
+const FORMAT: &str = "galley-plan-2";
 
 pub const DEFAULT_ENVS_JSON: &str = "/opt/galley/envs.json";
 
@@ -299,16 +298,9 @@ fn venvs_layer(envs: &[EnvInstall], default: &str, options: &PlanOptions) -> Res
         path.clone(),
         Entry { path, kind: EntryKind::File { source: Source::Bytes(json), size }, mode: 0o644, uid: 0, gid: 0, mtime: options.mtime },
     );
-    let digests: HashMap<LayerPath, Digest> = entries
-        .values()
-        .filter_map(|e| match &e.kind {
-            EntryKind::File { source: Source::Bytes(bytes), .. } => Some((e.path.clone(), Digest::of(bytes))),
-            _ => None,
-        })
-        .collect();
     let names: Vec<&str> = envs.iter().map(|e| e.layout.name.as_str()).collect();
     let description = format!("venvs {} and {envs_json}", names.join(", "));
-    finish(entries, &digests, LayerRole::Venvs, Vec::new(), description, options)
+    finish(entries, &HashMap::new(), LayerRole::Venvs, Vec::new(), description, options)
 }
 
 /// Adds ancestor directories, sorts, validates and keys the layer.
@@ -326,33 +318,12 @@ fn finish(
     }
     let mut entries: Vec<Entry> = entries.into_values().collect();
     finalize_entries(&description, &mut entries)?;
-    let key = layer_key(&entries, digests);
+    // Installed files are keyed by the sha256 their tree records, never read here.
+    let key = key_with(FORMAT, &entries, |path, _| {
+        digests.get(path).cloned().ok_or_else(|| std::io::Error::other(format!("{path} has no recorded sha256")))
+    })
+    .map_err(|source| LayerError::Pack { layer: description.clone(), source })?;
     Ok(PlannedLayer { spec: LayerSpec { key, description, entries }, role, packages })
-}
-
-/// The hash of everything that decides the layer's bytes.
-fn layer_key(entries: &[Entry], digests: &HashMap<LayerPath, Digest>) -> Digest {
-    let mut h = HashingWriter::new(std::io::sink());
-    let _ = writeln!(h, "{FORMAT}");
-    for e in entries {
-        let what = match &e.kind {
-            EntryKind::Dir => "dir".to_owned(),
-            EntryKind::File { size, source } => {
-                let digest = digests.get(&e.path).map(ToString::to_string).unwrap_or_default();
-                match source {
-                    // Gzip layers copy this stream: its bytes are part of the layer's.
-                    Source::Deflated { file, stream, .. } => {
-                        format!("file {size} {digest} deflated {} {} {} {:08x}", file.display(), stream.offset, stream.length, stream.crc32)
-                    }
-                    _ => format!("file {size} {digest}"),
-                }
-            }
-            EntryKind::Symlink { target } => format!("symlink {target}"),
-            EntryKind::Hardlink { target } => format!("hardlink {target}"),
-        };
-        let _ = writeln!(h, "{}\0{:o} {} {} {}\0{what}", e.path, e.mode, e.uid, e.gid, e.mtime);
-    }
-    h.finish().0
 }
 
 fn describe(role: &LayerRole, packages: &[LayerPackage]) -> String {

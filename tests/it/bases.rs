@@ -6,13 +6,6 @@ use std::process::Command;
 
 use crate::support::{Project, is_root, run_ok};
 
-fn use_base(project: &Project, base_line: &str) {
-    let text = fs::read_to_string(project.path().join("galley.toml")).unwrap();
-    let start = text.find("rootfs = ").unwrap();
-    let end = start + text[start..].find('\n').unwrap();
-    project.write("galley.toml", &format!("{}{base_line}{}", &text[..start], &text[end..]));
-}
-
 /// Unpacks the image in `layout` tagged `tag` with umoci and returns the rootfs path.
 fn umoci_unpack(layout: &std::path::Path, tag: &str, into: &std::path::Path) -> std::path::PathBuf {
     let bundle = into.join("bundle");
@@ -27,14 +20,14 @@ fn builds_on_an_oci_layout_and_on_a_docker_archive() {
     first.build(&["--docker-archive", archive.to_str().unwrap()]);
 
     let on_layout = Project::hello();
-    use_base(&on_layout, &format!("oci = \"{}:0.1.0\"", first.out().display()));
+    on_layout.use_base(&format!("oci = \"{}:0.1.0\"", first.out().display()));
     on_layout.write("app/hello.py", "print('layered')\n");
     let report = on_layout.build(&[]);
     let base_layers = first.build(&[])["layers"].as_array().unwrap().len();
     assert_eq!(report["layers"].as_array().unwrap().len(), base_layers + 1, "the base's layers, then the new app layer");
 
     let on_archive = Project::hello();
-    use_base(&on_archive, &format!("archive = \"{}\"", archive.display()));
+    on_archive.use_base(&format!("archive = \"{}\"", archive.display()));
     on_archive.write("app/hello.py", "print('layered')\n");
     let from_archive = on_archive.build(&[]);
     assert_eq!(from_archive["digest"], report["digest"], "same base content, same image");
@@ -56,7 +49,7 @@ fn whiteouts_in_the_base_are_honoured() {
     run_ok(Command::new("umoci").args(["repack", "--image"]).arg(format!("{}:trimmed", first.out().display())).arg(work.join("bundle")));
 
     let on_top = Project::hello();
-    use_base(&on_top, &format!("oci = \"{}:trimmed\"", first.out().display()));
+    on_top.use_base(&format!("oci = \"{}:trimmed\"", first.out().display()));
     on_top.write("app/hello.py", "print('on a trimmed base')\n");
     fs::remove_file(on_top.path().join("app/message.txt")).unwrap();
     on_top.build(&[]);

@@ -48,10 +48,7 @@ fn missing_paths_and_projects_are_named() {
 fn a_base_that_is_not_an_image_is_refused() {
     let project = Project::hello();
     project.write("not-an-image.tar", "this is not a tar archive at all, just text that goes on and on");
-    let text = fs::read_to_string(project.path().join("galley.toml")).unwrap();
-    let start = text.find("rootfs = ").unwrap();
-    let end = start + text[start..].find('\n').unwrap();
-    project.write("galley.toml", &format!("{}archive = \"not-an-image.tar\"{}", &text[..start], &text[end..]));
+    project.use_base("archive = \"not-an-image.tar\"");
     fails(&project, &["build"], 2, &["not-an-image.tar", "is not a usable base image"]);
 }
 
@@ -61,10 +58,7 @@ fn a_rootfs_symlink_escaping_the_root_is_refused() {
     let root = project.path().join("myroot");
     fs::create_dir_all(root.join("etc")).unwrap();
     std::os::unix::fs::symlink("../../../../etc/shadow", root.join("etc/leak")).unwrap();
-    let text = fs::read_to_string(project.path().join("galley.toml")).unwrap();
-    let start = text.find("rootfs = ").unwrap();
-    let end = start + text[start..].find('\n').unwrap();
-    project.write("galley.toml", &format!("{}rootfs = \"myroot\"{}", &text[..start], &text[end..]));
+    project.use_base("rootfs = \"myroot\"");
     fails(&project, &["build"], 2, &["/etc/leak", "climbs out of the root filesystem"]);
 }
 
@@ -88,13 +82,7 @@ fn a_user_missing_from_the_base_is_refused() {
 #[test]
 fn a_failing_base_build_exits_1_with_the_tools_message() {
     let project = Project::hello();
-    let text = fs::read_to_string(project.path().join("galley.toml")).unwrap();
-    let start = text.find("rootfs = ").unwrap();
-    let end = start + text[start..].find('\n').unwrap();
-    project.write(
-        "galley.toml",
-        &format!("{}debian = {{ suite = \"no-such-suite\", packages = [\"python3\"] }}{}", &text[..start], &text[end..]),
-    );
+    project.use_base("debian = { suite = \"no-such-suite\", packages = [\"python3\"] }");
     fails(&project, &["build"], 1, &["mmdebstrap failed for `no-such-suite`"]);
     // No mmdebstrap on PATH: the error says how to install it.
     let output = project.galley().args(["build"]).env("PATH", "/nonexistent").output().unwrap();

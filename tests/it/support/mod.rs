@@ -92,6 +92,14 @@ impl Project {
         self.path().join(".galley/out")
     }
 
+    /// Replaces the manifest's `rootfs = ...` base line (as `hello` writes it) with `base_line`.
+    pub fn use_base(&self, base_line: &str) {
+        let text = fs::read_to_string(self.path().join("galley.toml")).unwrap();
+        let start = text.find("rootfs = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        self.write("galley.toml", &format!("{}{base_line}{}", &text[..start], &text[end..]));
+    }
+
     /// `galley --cache CACHE ARGS...` run in the project directory.
     pub fn galley(&self) -> Command {
         let mut command = galley();

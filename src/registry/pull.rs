@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::client::{Body, Call, Host, header};
 use super::reference::{ImageRef, Repository};
 use super::{Client, RegistryError, mounts, run_parallel};
-use crate::cache::{Cache, TempGuard};
+use crate::cache::{Cache, CacheError, TempGuard};
 use crate::oci::{ANNOTATION_REF_NAME, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Platform};
 use crate::output::write_layout_files;
 use crate::progress::{Reporter, TaskKind};
@@ -320,7 +320,7 @@ fn download(
             if n == 0 {
                 break;
             }
-            out.write_all(&buf[..n]).map_err(|source| RegistryError::Io { path: cache.root().to_owned(), source })?;
+            out.write_all(&buf[..n]).map_err(|source| CacheError::Io { path: cache.root().to_owned(), source })?;
             reporter.on_task_progress(task, n as u64);
         }
         if out.written() != descriptor.size {
@@ -344,13 +344,15 @@ impl Pulled {
             return Ok(dir);
         }
         let parent = cache.bucket("registry-v1").join("layouts");
-        std::fs::create_dir_all(&parent).map_err(|source| RegistryError::Io { path: parent.clone(), source })?;
+        std::fs::create_dir_all(&parent).map_err(|source| CacheError::Io { path: parent.clone(), source })?;
         let tmp = cache.temp_path("layout");
         let guard = TempGuard(tmp.clone());
         write_layout(cache, self, &tmp)?;
         // A concurrent pull may have won the race; its layout is the same.
-        if std::fs::rename(&tmp, &dir).is_err() && !dir.join("index.json").is_file() {
-            return Err(RegistryError::Io { path: dir, source: std::io::Error::other("cannot move the layout into place") });
+        if let Err(source) = std::fs::rename(&tmp, &dir)
+            && !dir.join("index.json").is_file()
+        {
+            return Err(CacheError::Io { path: dir, source }.into());
         }
         drop(guard);
         Ok(dir)

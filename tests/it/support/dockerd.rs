@@ -58,6 +58,22 @@ impl Dockerd {
     }
 }
 
+impl Dockerd {
+    /// Detaches what dockerd left mounted under its directories (the default network
+    /// namespace under exec-root), so the temp dir can be removed.
+    fn unmount_leftovers(&self) {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|p| p.starts_with(&root)).collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let Ok(c) = std::ffi::CString::new(point) else { continue };
+            // SAFETY: a plain umount2 syscall on a path we own.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 impl Drop for Dockerd {
     fn drop(&mut self) {
         // SAFETY: signalling our own child by pid.
@@ -65,11 +81,13 @@ impl Drop for Dockerd {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                self.unmount_leftovers();
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.unmount_leftovers();
     }
 }

@@ -87,9 +87,8 @@ pub fn env_layers(
     options: &EnvOptions,
     reporter: &dyn Reporter,
 ) -> Result<EnvLayers, EnvError> {
-    if manifest.envs.is_empty() {
-        return Ok(EnvLayers::default());
-    }
+    let Some(first) = manifest.envs.keys().next() else { return Ok(EnvLayers::default()) };
+    let default = manifest.image.default_env.clone().unwrap_or_else(|| first.clone());
     let probe = base::probe(base, cache)?;
     let lock = match options.lock {
         LockMode::Update => lock::update_lock_file(manifest, &probe, &LockOptions::default(), reporter)?.0,
@@ -103,12 +102,6 @@ pub fn env_layers(
         base: probe.description.clone(),
     })?;
 
-    let default = manifest
-        .image
-        .default_env
-        .clone()
-        .or_else(|| manifest.envs.keys().next().cloned())
-        .unwrap_or_else(|| unreachable!("envs is not empty"));
     // The default env first: the planner lists it first in envs.json and on PATH.
     let mut names: Vec<&EnvName> = manifest.envs.keys().collect();
     names.sort_by_key(|name| **name != default);

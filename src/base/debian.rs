@@ -8,15 +8,17 @@ use std::process::{Command, Stdio};
 use super::rootfs::import_tar;
 use super::{Base, BaseError, ImportContext, io_error};
 use crate::cache::TempGuard;
-use crate::manifest::BaseSpec;
 use crate::oci::{Digest, Platform};
 
 pub const MMDEBSTRAP_INSTALL_HINT: &str = "install it with `apt-get install -y mmdebstrap` (Debian/Ubuntu)";
 
-pub(super) fn import(spec: &BaseSpec, outer: &ImportContext<'_>) -> Result<Base, BaseError> {
-    let BaseSpec::Debian { suite, packages, variant, mirror } = spec else {
-        unreachable!("debian::import is only called for Debian bases")
-    };
+pub(super) fn import(
+    suite: &str,
+    packages: &[String],
+    variant: &str,
+    mirror: Option<&str>,
+    outer: &ImportContext<'_>,
+) -> Result<Base, BaseError> {
     // A Debian base is always made reproducibly: mmdebstrap gets SOURCE_DATE_EPOCH
     // (0 unless set) and every mtime is clamped to it.
     let ctx = &ImportContext { epoch: Some(outer.epoch.unwrap_or(0)), ..*outer };
@@ -24,7 +26,7 @@ pub(super) fn import(spec: &BaseSpec, outer: &ImportContext<'_>) -> Result<Base,
     let inputs = format!(
         "debian-v1 suite={suite} packages={} variant={variant} mirror={} arch={} epoch={:?}",
         packages.join(","),
-        mirror.as_deref().unwrap_or(""),
+        mirror.unwrap_or(""),
         platform.architecture,
         ctx.epoch
     );
@@ -38,7 +40,7 @@ pub(super) fn import(spec: &BaseSpec, outer: &ImportContext<'_>) -> Result<Base,
         // One build runs mmdebstrap; a concurrent one waits and then reuses its tar.
         let _lock = ctx.cache.lock(&format!("debian-{}", key.short()))?;
         if !tar_path.is_file() {
-            run_mmdebstrap(suite, packages, variant, mirror.as_deref(), &platform, &tar_path, ctx)?;
+            run_mmdebstrap(suite, packages, variant, mirror, &platform, &tar_path, ctx)?;
         }
     }
     let description = if packages.is_empty() {

@@ -148,7 +148,9 @@ pub fn import_using(spec: &BaseSpec, ctx: &ImportContext<'_>, registry: &Client)
         }
         BaseSpec::Archive { path } => oci::import_archive(path, ctx),
         BaseSpec::Rootfs { path } => rootfs::import(path, ctx),
-        BaseSpec::Debian { .. } => debian::import(spec, ctx),
+        BaseSpec::Debian { suite, packages, variant, mirror } => {
+            debian::import(suite, packages, variant, mirror.as_deref(), ctx)
+        }
     }
 }
 
